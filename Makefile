@@ -1,0 +1,27 @@
+# TrustFleet — the two commands are `make demo` and `make test`; both set everything up first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= var
+
+.PHONY: setup demo test bench lint check clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup ## a live fleet on the embedded defaults: broker, SoftHSM rig, one ledger node, five trucks, dashboard
+	$(VENV)/bin/trustfleet up --data $(DATA)
+
+test: setup ## every test that can run here, with real Mosquitto, SoftHSM2 and SQLite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup ## throughput and latency through the real broker into a real node
+	$(PY) -m ledger_node.bench $(BENCH_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+
+check: lint test
+
+clean:
+	rm -rf $(DATA) .pytest_cache
