@@ -1,0 +1,169 @@
+"""The node's HTTP API (FastAPI): health, chain, blocks, devices, readings, quarantine.
+
+Handlers only read: each request opens a read-only SQLite connection, so the API never
+blocks block application. Binary values are base64 (standard alphabet) or hex as named.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, JSONResponse
+
+from ledger_node.block import decode_header
+from ledger_node.merkle import leaf_hash
+from ledger_node.store import open_reader
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "dashboards" / "static"
+MAX_LIMIT = 1000
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+    app = FastAPI(title="TrustFleet ledger node", version="0.1.0",
+                  description="Verifiable logistics ledger: chain, devices, readings, quarantine.")
+
+    @contextmanager
+    def db() -> Iterator[sqlite3.Connection]:
+        conn = open_reader(db_path)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def block_json(conn: sqlite3.Connection, height: int, with_entries: bool) -> dict[str, Any]:
+        row = conn.execute("SELECT header, hash FROM blocks WHERE height = ?",
+                           (height,)).fetchone()
+        if row is None:
+            raise HTTPException(404, f"no block at height {height}")
+        header = decode_header(bytes(row["header"]))
+        sigs = conn.execute("SELECT node, sig FROM block_sigs WHERE height = ? ORDER BY node",
+                            (height,)).fetchall()
+        out: dict[str, Any] = {
+            "height": header.height, "hash": bytes(row["hash"]).hex(), "chain": header.chain,
+            "time": header.time, "prev": header.prev.hex(), "first": header.first,
+            "count": header.count, "tree_size": header.size, "tree_root": header.root.hex(),
+            "proposer": header.proposer, "header": b64(bytes(row["header"])),
+            "signatures": [{"node": s["node"], "sig": b64(bytes(s["sig"]))} for s in sigs],
+        }
+        if with_entries:
+            rows = conn.execute("SELECT idx, kind, data FROM entries WHERE height = ? "
+                                "ORDER BY idx", (height,)).fetchall()
+            out["entries"] = [{"index": r["idx"], "kind": r["kind"],
+                               "leaf_hash": leaf_hash(bytes(r["data"])).hex()} for r in rows]
+        return out
+
+    @app.get("/healthz", tags=["node"])
+    def healthz() -> dict[str, Any]:
+        with db() as conn:
+            row = conn.execute("SELECT MAX(height) AS h FROM blocks").fetchone()
+        return {"status": "ok", "height": row["h"] if row["h"] is not None else -1}
+
+    @app.get("/v1/node/status", tags=["node"])
+    def node_status() -> dict[str, Any]:
+        return status() if status else {}
+
+    @app.get("/v1/chain/head", tags=["chain"])
+    def chain_head() -> dict[str, Any]:
+        with db() as conn:
+            row = conn.execute("SELECT MAX(height) AS h FROM blocks").fetchone()
+            if row["h"] is None:
+                raise HTTPException(404, "the chain has no blocks yet")
+            return block_json(conn, int(row["h"]), with_entries=False)
+
+    @app.get("/v1/blocks/{height}", tags=["chain"])
+    def get_block(height: int) -> dict[str, Any]:
+        if height < 0:
+            raise HTTPException(422, "height must be >= 0")
+        with db() as conn:
+            return block_json(conn, height, with_entries=True)
+
+    @app.get("/v1/devices", tags=["devices"])
+    def devices() -> list[dict[str, Any]]:
+        with db() as conn:
+            rows = conn.execute("SELECT * FROM devices ORDER BY dev").fetchall()
+        return [{"id": r["dev"], "fleet": r["fleet"], "kid": bytes(r["kid"]).hex(),
+                 "enrolled_height": r["enrolled_height"], "revoked": r["revoked_height"] is not None,
+                 "last_seen": r["last_seen"], "last_seq": r["last_seq"],
+                 "contiguous_seq": r["contiguous_seq"], "readings": r["readings"],
+                 "gaps": r["gaps"], "prev_mismatches": r["prev_mismatches"]} for r in rows]
+
+    @app.get("/v1/devices/{device_id}/readings", tags=["devices"])
+    def readings(
+        device_id: str,
+        since: Annotated[int | None, Query(alias="from", ge=0, description="device time, ms")] = None,
+        until: Annotated[int | None, Query(alias="to", ge=0, description="device time, ms")] = None,
+        kind: Annotated[str | None, Query(max_length=32)] = None,
+        after_seq: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    ) -> dict[str, Any]:
+        sql = ("SELECT idx, seq, t, ts, k, d, flags, height, ledger_time FROM readings "
+               "WHERE dev = ? AND seq > ?")
+        args: list[Any] = [device_id, after_seq]
+        if since is not None:
+            sql += " AND t >= ?"
+            args.append(since)
+        if until is not None:
+            sql += " AND t < ?"
+            args.append(until)
+        if kind is not None:
+            sql += " AND k = ?"
+            args.append(kind)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        with db() as conn:
+            if conn.execute("SELECT 1 FROM devices WHERE dev = ?", (device_id,)).fetchone() is None:
+                raise HTTPException(404, f"no device {device_id!r}")
+            rows = conn.execute(sql, args).fetchall()
+        items = [{"entry": r["idx"], "seq": r["seq"], "device_time": r["t"],
+                  "time_source": r["ts"], "kind": r["k"], "values": json.loads(r["d"]),
+                  "flags": [f for f in r["flags"].split(",") if f], "block": r["height"],
+                  "ledger_time": r["ledger_time"]} for r in rows]
+        next_seq = items[-1]["seq"] if len(items) == limit else None
+        return {"device": device_id, "readings": items, "next_after_seq": next_seq}
+
+    @app.get("/v1/quarantine", tags=["quarantine"])
+    def quarantine(
+        reason: Annotated[str | None, Query(max_length=64)] = None,
+        device: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+        before_id: Annotated[int | None, Query(ge=1)] = None,
+    ) -> dict[str, Any]:
+        sql = "SELECT id, received, reason, detail, topic, dev, size, sha256, raw FROM quarantine"
+        where, args = [], []  # type: ignore[var-annotated]
+        for clause, value in (("reason = ?", reason), ("dev = ?", device),
+                              ("id < ?", before_id)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with db() as conn:
+            rows = conn.execute(sql, args).fetchall()
+            counts = dict(conn.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason")
+                          .fetchall())
+        return {"counts": counts, "items": [
+            {"id": r["id"], "received": r["received"], "reason": r["reason"],
+             "detail": r["detail"], "topic": r["topic"], "device": r["dev"], "size": r["size"],
+             "sha256": bytes(r["sha256"]).hex(), "raw": b64(bytes(r["raw"]))} for r in rows]}
+
+    @app.get("/", include_in_schema=False, response_model=None)
+    def dashboard() -> FileResponse | JSONResponse:
+        index = DASHBOARD / "index.html"
+        if index.exists():
+            return FileResponse(index)
+        return JSONResponse({"message": "TrustFleet ledger node; API under /v1, docs at /docs"})
+
+    return app

@@ -1,0 +1,228 @@
+"""Applying ordered batches to the chain: validate, append, cut and sign a block.
+
+`Chain.apply(batch)` is deterministic in the batch and the committed log (DESIGN.md §5):
+ledger time comes from the batch, iteration follows batch order, and no clock or randomness
+is read. The only side effects are the store transaction and the node's signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from hsm import Signer
+from ledger_node import entries as entry_types
+from ledger_node.block import ZERO_HASH, BlockHeader
+from ledger_node.errors import LedgerError
+from ledger_node.merkle import CompactRange, leaf_hash
+from ledger_node.store import BlockRecord, QuarantineRow, ReadingRow, Store
+from ledger_node.validate import (
+    FLAG_GAP,
+    FLAG_PREV_MISMATCH,
+    Accepted,
+    DeviceState,
+    Duplicate,
+    Rejected,
+    SeqLookup,
+    validate_envelope,
+)
+from trustfleet.errors import WireError
+from trustfleet.topics import parse_up_topic, split_message
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_RAW_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Message:
+    """One MQTT message as received; `received` is the node clock, used only for quarantine."""
+
+    topic: str
+    payload: bytes
+    received: int
+
+
+@dataclass(frozen=True)
+class OrderedBatch:
+    """What the orderer hands every node: ledger time, proposer, admin entries, messages."""
+
+    time: int
+    proposer: str
+    admin: Sequence[bytes] = ()
+    messages: Sequence[Message] = ()
+
+
+@dataclass
+class ApplyResult:
+    """What one batch did: the block (if any entries), and what to tell devices."""
+
+    header: BlockHeader | None
+    header_bytes: bytes | None
+    block_hash: bytes | None
+    signature: bytes | None
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    touched: set[str] = field(default_factory=set)
+
+
+class Chain:
+    """The chain state of one node and the rule that extends it."""
+
+    def __init__(self, store: Store, chain_id: str, node_id: str, signer: Signer) -> None:
+        self.store = store
+        self.chain_id = chain_id
+        self.node_id = node_id
+        self.signer = signer
+        self.devices: dict[str, DeviceState] = store.load_devices()
+        tip = store.tip()
+        if tip is None:
+            self.height, self.tip_hash, self.time = -1, ZERO_HASH, 0
+            self.range = CompactRange()
+        else:
+            self.height, self.tip_hash, self.time = tip.height, tip.hash, tip.time
+            self.range = CompactRange.from_bytes(tip.frontier)
+            if self.range.size != tip.size:
+                raise LedgerError(f"tip frontier size {self.range.size} != tree size {tip.size}")
+        self.last_header: bytes | None = None
+        self.last_signature: bytes | None = None
+        if tip is not None:
+            stored = store.block_header(tip.height)
+            if stored is not None:
+                own = [sig for node, sig in stored[1] if node == node_id]
+                self.last_header = stored[0]
+                self.last_signature = own[0] if own else None
+
+    @property
+    def size(self) -> int:
+        return self.range.size
+
+    def apply(self, batch: OrderedBatch) -> ApplyResult:
+        """Apply one ordered batch; commit a block if it produced any entry."""
+        time = max(batch.time, self.time)
+        pending: dict[tuple[str, int], bytes] = {}
+        devices: dict[str, DeviceState] = {}
+
+        def lookup(dev: str, seq: int) -> bytes | None:
+            got = pending.get((dev, seq))
+            return got if got is not None else self.store.reading_hash(dev, seq)
+
+        def state_of(dev: str) -> DeviceState:
+            if dev not in devices:
+                devices[dev] = replace(self.devices[dev])
+            return devices[dev]
+
+        view = _Overlay(self.devices, devices)
+        new_entries: list[tuple[str, bytes]] = []
+        readings: list[ReadingRow] = []
+        quarantine: list[QuarantineRow] = []
+        result = ApplyResult(None, None, None, None)
+        first = self.range.size
+        height = self.height + 1
+
+        for entry in batch.admin:
+            kind = entry_types.admin_kind(entry)
+            if kind == entry_types.DEVICE_ENROLLED:
+                rec = entry_types.decode_admin(entry)
+                if rec["dev"] in view:
+                    continue
+                devices[rec["dev"]] = DeviceState(dev=rec["dev"], fleet=rec["fleet"],
+                                                  key=rec["key"], kid=rec["kid"],
+                                                  enrolled_height=height)
+            new_entries.append((kind, entry))
+
+        for msg in batch.messages:
+            topic = parse_up_topic(msg.topic)
+            try:
+                envelopes = split_message(msg.payload)
+            except WireError as exc:
+                quarantine.append(_quarantine(msg, msg.payload, exc.reason, exc.detail, None))
+                result.rejected[exc.reason] = result.rejected.get(exc.reason, 0) + 1
+                continue
+            for data in envelopes:
+                outcome = validate_envelope(data, topic, view, lookup)
+                if isinstance(outcome, Rejected):
+                    quarantine.append(_quarantine(msg, data, outcome.reason, outcome.detail,
+                                                  outcome.dev))
+                    result.rejected[outcome.reason] = result.rejected.get(outcome.reason, 0) + 1
+                    continue
+                if isinstance(outcome, Duplicate):
+                    result.duplicates += 1
+                    result.touched.add(outcome.dev)
+                    continue
+                assert isinstance(outcome, Accepted)
+                r = outcome.reading
+                idx = first + len(new_entries)
+                new_entries.append((entry_types.KIND_READING, data))
+                pending[(r.dev, r.seq)] = outcome.envelope_hash
+                readings.append(ReadingRow(idx, r.dev, r.seq, outcome.envelope_hash, r.t, r.ts,
+                                           r.k, r.d, outcome.flags))
+                _advance(state_of(r.dev), r.seq, r.t, time, outcome.flags, lookup)
+                result.accepted += 1
+                result.touched.add(r.dev)
+
+        if not new_entries:
+            if quarantine:
+                self.store.add_quarantine(quarantine)
+            return result
+
+        new_range = self.range.copy()
+        new_range.extend([leaf_hash(data) for _, data in new_entries])
+        header = BlockHeader(chain=self.chain_id, height=height, time=time, prev=self.tip_hash,
+                             first=first, count=len(new_entries), size=new_range.size,
+                             root=new_range.root(), proposer=batch.proposer)
+        header_bytes = header.encode()
+        block_hash = hashlib.sha256(header_bytes).digest()
+        signature = self.signer.sign(header_bytes)
+        self.store.commit_block(BlockRecord(
+            height=height, hash=block_hash, header=header_bytes, time=time, first=first,
+            count=len(new_entries), size=new_range.size, frontier=new_range.to_bytes(),
+            sigs=[(self.node_id, signature)], entries=new_entries, readings=readings,
+            devices=list(devices.values()), quarantine=quarantine))
+        self.devices.update(devices)
+        self.range = new_range
+        self.height, self.tip_hash, self.time = height, block_hash, time
+        self.last_header, self.last_signature = header_bytes, signature
+        result.header, result.header_bytes = header, header_bytes
+        result.block_hash, result.signature = block_hash, signature
+        return result
+
+
+class _Overlay(dict[str, DeviceState]):
+    """Committed device states, with the ones this batch changed laid over them."""
+
+    def __init__(self, base: dict[str, DeviceState], changed: dict[str, DeviceState]) -> None:
+        super().__init__()
+        self.base, self.changed = base, changed
+
+    def get(self, key: str, default: DeviceState | None = None) -> DeviceState | None:  # type: ignore[override]
+        return self.changed.get(key) or self.base.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.changed or key in self.base
+
+
+def _advance(state: DeviceState, seq: int, t: int, time: int, flags: tuple[str, ...],
+             find: SeqLookup) -> None:
+    """Update a device's derived state for one accepted reading."""
+    state.readings += 1
+    state.last_seen = time
+    if seq > state.last_seq:
+        state.last_seq = seq
+        state.last_t = t
+    if FLAG_GAP in flags:
+        state.gaps += 1
+    if FLAG_PREV_MISMATCH in flags:
+        state.prev_mismatches += 1
+    while find(state.dev, state.contiguous_seq + 1) is not None:
+        state.contiguous_seq += 1
+
+
+def _quarantine(msg: Message, raw: bytes, reason: str, detail: str,
+                dev: str | None) -> QuarantineRow:
+    return QuarantineRow(received=msg.received, reason=reason, detail=detail[:500],
+                         topic=msg.topic[:256], dev=dev, size=len(raw),
+                         sha256=hashlib.sha256(raw).digest(), raw=raw[:QUARANTINE_RAW_LIMIT])

@@ -1,0 +1,153 @@
+"""Command line of the ledger node: `trustfleet node run` and `trustfleet verify`.
+
+Environment (read here only): TRUSTFLEET_NODE_PIN or TRUSTFLEET_NODE_PIN_FILE for the node
+token's user PIN (unless --rig names a SoftHSM test rig, whose pins.json is used), and
+TRUSTFLEET_PKCS11_MODULE for the PKCS#11 module path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from hsm import HsmError, Pkcs11Signer, SoftHsmRig
+from hsm.signer import pin_from_env_or_file
+from ledger_node.config import load_config
+from ledger_node.errors import LedgerError
+
+log = logging.getLogger("trustfleet.node")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    node = sub.add_parser("node", help="run a ledger node")
+    node_sub = node.add_subparsers(dest="node_command", required=True)
+    run = node_sub.add_parser(
+        "run", help="ingest readings from MQTT, commit signed blocks, serve the API",
+        description="Run one ledger node with solo ordering until SIGTERM or Ctrl-C.")
+    run.add_argument("--config", type=Path, help="TOML file with a [node] table")
+    run.add_argument("--data", type=Path, dest="data_dir", help="node data folder (var/node-1)")
+    run.add_argument("--node-id", help="this node's id (node-1)")
+    run.add_argument("--broker-host", help="MQTT broker host (127.0.0.1)")
+    run.add_argument("--broker-port", type=int, help="MQTT broker port (1883)")
+    run.add_argument("--api-host", help="API listen address (127.0.0.1)")
+    run.add_argument("--api-port", type=int, help="API port (8080)")
+    run.add_argument("--token", dest="token_label", help="HSM token holding the node key")
+    run.add_argument("--rig", type=Path, help="SoftHSM test rig folder (PINs from its pins.json)")
+    run.add_argument("--enroll", type=Path, dest="enroll_file",
+                     help="JSON file of devices to enrol at start (test rigs)")
+    run.add_argument("--block-interval-ms", type=int, help="longest wait before a block (200)")
+    run.add_argument("-v", "--verbose", action="store_true", help="log every block")
+    run.set_defaults(func=_run)
+
+    verify = sub.add_parser(
+        "verify", help="re-check every block, Merkle root and signature in a node's store",
+        description="Check a node's store from disk. Exit 0 with a summary, 1 naming the first "
+                    "bad block or entry, 2 if the store cannot be read.")
+    verify.add_argument("--data", type=Path, required=True,
+                        help="node data folder (holding ledger.sqlite), or the sqlite file")
+    verify.add_argument("--node-key", type=Path,
+                        help="node public key (SPKI DER) to trust instead of the genesis entry")
+    verify.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    verify.set_defaults(func=_verify)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, data_dir=args.data_dir, node_id=args.node_id,
+                          broker_host=args.broker_host, broker_port=args.broker_port,
+                          api_host=args.api_host, api_port=args.api_port,
+                          token_label=args.token_label, enroll_file=args.enroll_file,
+                          block_interval_ms=args.block_interval_ms,
+                          pkcs11_module=os.environ.get("TRUSTFLEET_PKCS11_MODULE"))
+        if args.rig is not None:
+            rig = SoftHsmRig(args.rig)
+            os.environ.update(rig.env())
+            pin = rig.user_pin(cfg.token_label)
+        else:
+            pin = pin_from_env_or_file("TRUSTFLEET_NODE_PIN", "TRUSTFLEET_NODE_PIN_FILE")
+        signer = Pkcs11Signer(cfg.pkcs11_module, cfg.token_label, pin)
+    except (LedgerError, HsmError) as exc:
+        print(f"trustfleet node: {exc}", file=sys.stderr)
+        return 2
+    return serve(cfg, signer)
+
+
+def serve(cfg: object, signer: Pkcs11Signer) -> int:
+    """Run the node until SIGTERM/SIGINT; returns the exit code."""
+    import uvicorn
+
+    from ledger_node.api import create_app
+    from ledger_node.config import NodeConfig
+    from ledger_node.node import LedgerNode
+
+    assert isinstance(cfg, NodeConfig)
+    node = LedgerNode(cfg, signer)
+    try:
+        node.prepare()
+    except LedgerError as exc:
+        print(f"trustfleet node: {exc}", file=sys.stderr)
+        return 2
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg.db_path, node.status),
+                                           host=cfg.api_host, port=cfg.api_port,
+                                           log_level="warning", lifespan="off"))
+    api_thread = threading.Thread(target=server.run, name="api", daemon=True)
+    api_thread.start()
+    node.connect()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: finishing the current block and stopping",
+                 signal.Signals(signum).name)
+        node.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("node %s serving API on http://%s:%d, broker mqtt://%s:%d", cfg.node_id,
+             cfg.api_host, cfg.api_port, cfg.broker_host, cfg.broker_port)
+    try:
+        node.run()
+    finally:
+        server.should_exit = True
+        api_thread.join(timeout=5)
+        node.shutdown()
+        signer.close()
+    log.info("node %s stopped at height %d", cfg.node_id, node.chain.height)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ledger_node.verify import verify_store
+
+    db = args.data if args.data.is_file() else args.data / "ledger.sqlite"
+    node_key = args.node_key.read_bytes() if args.node_key else None
+    show = not args.quiet and sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if show and (done == total or done % 100 == 0):
+            width = 30
+            filled = width * done // max(total, 1)
+            print(f"\rverifying [{'#' * filled}{'.' * (width - filled)}] {done}/{total} blocks",
+                  end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    try:
+        report = verify_store(db, node_key=node_key, progress=progress)
+    except LedgerError as exc:
+        print(f"trustfleet verify: {exc}", file=sys.stderr)
+        return 2
+    if not report.ok:
+        for problem in report.problems:
+            print(f"FAILED: {problem.where}: {problem.detail}")
+        print(f"checked {report.blocks} good blocks before the failure")
+        return 1
+    print(f"OK: {report.blocks} blocks (height {report.height}), {report.entries} entries, "
+          f"{report.readings} readings from {report.devices} devices; every block link, Merkle "
+          f"root, node signature ({report.node_key_source}) and device signature verified; "
+          f"tree root {report.root.hex()}")
+    return 0

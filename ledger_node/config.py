@@ -1,0 +1,62 @@
+"""Ledger node configuration: a frozen value object with named defaults.
+
+Read from a TOML file (`trustfleet node run --config node.toml`) and/or command-line flags.
+Unknown keys and wrong types are errors that name the key; TOML syntax errors carry the
+line and column. Environment variables are read only by the CLI entry point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ledger_node.errors import ConfigError
+from trustfleet.tomlconfig import TomlConfigError, apply_values, read_table
+
+DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path = Path("var/node-1")
+    node_id: str = "node-1"
+    chain: str = "main"
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    pkcs11_module: str = DEFAULT_PKCS11_MODULE
+    token_label: str = "node-1"
+    enroll_file: Path | None = None
+    block_interval_ms: int = 200
+    max_block_entries: int = 10_000
+    max_message_bytes: int = 1 << 20
+    ingest_queue: int = 100_000
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite"
+
+    def validate(self) -> NodeConfig:
+        if not 1 <= self.broker_port <= 65535 or not 0 <= self.api_port <= 65535:
+            raise ConfigError("ports must be between 1 and 65535")
+        if not 10 <= self.block_interval_ms <= 60_000:
+            raise ConfigError("block_interval_ms must be between 10 and 60000")
+        if not 1 <= self.max_block_entries <= 1_000_000:
+            raise ConfigError("max_block_entries must be between 1 and 1000000")
+        return self
+
+
+def load_config(path: Path | None, **overrides: Any) -> NodeConfig:
+    """Defaults, then the TOML file's [node] table, then non-None overrides."""
+    cfg = NodeConfig()
+    try:
+        if path is not None:
+            values, text = read_table(path, "node")
+            cfg = apply_values(cfg, values, str(path), text)
+        cfg = apply_values(cfg, {k: v for k, v in overrides.items() if v is not None},
+                           "arguments")
+    except TomlConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return cfg.validate()

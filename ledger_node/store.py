@@ -1,0 +1,212 @@
+"""The node's SQLite store: one file per node, WAL mode, one transaction per block.
+
+Tables: `blocks` (header bytes, hash, compact Merkle range after the block), `block_sigs`,
+`entries` (the log: leaf index -> entry bytes), `readings` (decoded index of reading
+entries), `devices` (state derived from the log), `quarantine` (rejected input, node-local,
+not part of the log) and `meta`.
+
+Concurrency rule: one writer connection, used only by the node's apply thread; readers
+(API, verify) open their own read-only connections (`open_reader`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ledger_node.errors import StoreError
+from ledger_node.validate import DeviceState
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+  height INTEGER PRIMARY KEY, hash BLOB NOT NULL UNIQUE, header BLOB NOT NULL,
+  time INTEGER NOT NULL, first INTEGER NOT NULL, count INTEGER NOT NULL,
+  size INTEGER NOT NULL, frontier BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS block_sigs (
+  height INTEGER NOT NULL, node TEXT NOT NULL, sig BLOB NOT NULL, PRIMARY KEY (height, node));
+CREATE TABLE IF NOT EXISTS entries (
+  idx INTEGER PRIMARY KEY, height INTEGER NOT NULL, kind TEXT NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS readings (
+  idx INTEGER PRIMARY KEY, dev TEXT NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL,
+  t INTEGER NOT NULL, ts TEXT NOT NULL, k TEXT NOT NULL, d TEXT NOT NULL, flags TEXT NOT NULL,
+  height INTEGER NOT NULL, ledger_time INTEGER NOT NULL, UNIQUE (dev, seq));
+CREATE INDEX IF NOT EXISTS readings_dev_t ON readings (dev, t);
+CREATE INDEX IF NOT EXISTS readings_height ON readings (height);
+CREATE TABLE IF NOT EXISTS devices (
+  dev TEXT PRIMARY KEY, fleet TEXT NOT NULL, key BLOB NOT NULL, kid BLOB NOT NULL UNIQUE,
+  enrolled_height INTEGER NOT NULL, revoked_height INTEGER, last_seq INTEGER NOT NULL,
+  contiguous_seq INTEGER NOT NULL, last_seen INTEGER, last_t INTEGER, readings INTEGER NOT NULL,
+  gaps INTEGER NOT NULL, prev_mismatches INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+  id INTEGER PRIMARY KEY, received INTEGER NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
+  topic TEXT NOT NULL, dev TEXT, size INTEGER NOT NULL, sha256 BLOB NOT NULL, raw BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS quarantine_reason ON quarantine (reason, received);
+"""
+
+_DEVICE_COLUMNS = ("dev", "fleet", "key", "kid", "enrolled_height", "revoked_height", "last_seq",
+                   "contiguous_seq", "last_seen", "last_t", "readings", "gaps", "prev_mismatches")
+
+
+@dataclass(frozen=True)
+class Tip:
+    height: int
+    hash: bytes
+    time: int
+    size: int
+    frontier: bytes
+
+
+@dataclass(frozen=True)
+class ReadingRow:
+    idx: int
+    dev: str
+    seq: int
+    hash: bytes
+    t: int
+    ts: str
+    k: str
+    d: dict[str, Any]
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    received: int
+    reason: str
+    detail: str
+    topic: str
+    dev: str | None
+    size: int
+    sha256: bytes
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    """Everything one block writes, committed in one transaction."""
+
+    height: int
+    hash: bytes
+    header: bytes
+    time: int
+    first: int
+    count: int
+    size: int
+    frontier: bytes
+    sigs: Sequence[tuple[str, bytes]]
+    entries: Sequence[tuple[str, bytes]]
+    readings: Sequence[ReadingRow]
+    devices: Sequence[DeviceState]
+    quarantine: Sequence[QuarantineRow]
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                                   timeout=30)
+        else:
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open ledger store {path}: {exc}") from exc
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def open_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection for API handlers and verification."""
+    if not path.exists():
+        raise StoreError(f"no ledger store at {path}")
+    return _connect(path, readonly=True)
+
+
+class Store:
+    """The writer side of the store. Use from one thread only."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.conn = _connect(path, readonly=False)
+        with self.conn:
+            self.conn.executescript(_SCHEMA)
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                              (str(SCHEMA_VERSION).encode(),))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def tip(self) -> Tip | None:
+        row = self.conn.execute(
+            "SELECT height, hash, time, size, frontier FROM blocks ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return Tip(row["height"], row["hash"], row["time"], row["size"], row["frontier"])
+
+    def block_header(self, height: int) -> tuple[bytes, list[tuple[str, bytes]]] | None:
+        """Header bytes and (node, signature) pairs of one block."""
+        row = self.conn.execute("SELECT header FROM blocks WHERE height = ?", (height,)).fetchone()
+        if row is None:
+            return None
+        sigs = self.conn.execute("SELECT node, sig FROM block_sigs WHERE height = ? ORDER BY node",
+                                 (height,)).fetchall()
+        return bytes(row[0]), [(s[0], bytes(s[1])) for s in sigs]
+
+    def load_devices(self) -> dict[str, DeviceState]:
+        rows = self.conn.execute(f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM devices").fetchall()
+        return {r["dev"]: DeviceState(**{c: r[c] for c in _DEVICE_COLUMNS}) for r in rows}
+
+    def reading_hash(self, dev: str, seq: int) -> bytes | None:
+        row = self.conn.execute("SELECT hash FROM readings WHERE dev = ? AND seq = ?",
+                                (dev, seq)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def commit_block(self, block: BlockRecord) -> None:
+        """Write one block and everything it derives, atomically and durably."""
+        c = self.conn
+        with c:
+            c.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                      (block.height, block.hash, block.header, block.time, block.first,
+                       block.count, block.size, block.frontier))
+            c.executemany("INSERT INTO block_sigs VALUES (?, ?, ?)",
+                          [(block.height, node, sig) for node, sig in block.sigs])
+            c.executemany("INSERT INTO entries VALUES (?, ?, ?, ?)",
+                          [(block.first + i, block.height, kind, data)
+                           for i, (kind, data) in enumerate(block.entries)])
+            c.executemany(
+                "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.idx, r.dev, r.seq, r.hash, r.t, r.ts, r.k,
+                  json.dumps(r.d, sort_keys=True), ",".join(r.flags), block.height, block.time)
+                 for r in block.readings])
+            c.executemany(
+                f"INSERT OR REPLACE INTO devices ({', '.join(_DEVICE_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in _DEVICE_COLUMNS)})",
+                [tuple(getattr(d, col) for col in _DEVICE_COLUMNS) for d in block.devices])
+            self._insert_quarantine(block.quarantine)
+
+    def add_quarantine(self, rows: Iterable[QuarantineRow]) -> None:
+        with self.conn:
+            self._insert_quarantine(rows)
+
+    def _insert_quarantine(self, rows: Iterable[QuarantineRow]) -> None:
+        self.conn.executemany(
+            "INSERT INTO quarantine (received, reason, detail, topic, dev, size, sha256, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(q.received, q.reason, q.detail, q.topic, q.dev, q.size, q.sha256, q.raw)
+             for q in rows])
+
+    def iter_entries(self, first: int, count: int) -> Iterator[tuple[int, str, bytes]]:
+        cur = self.conn.execute(
+            "SELECT idx, kind, data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (first, first + count))
+        for row in cur:
+            yield row[0], row[1], bytes(row[2])

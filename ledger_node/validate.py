@@ -1,0 +1,135 @@
+"""Validation of one envelope against the chain state (DESIGN.md §6). Pure: no I/O.
+
+A reading is accepted only if the envelope parses, the device is enrolled (and not revoked),
+the kid is the device's key, the signature verifies and `seq` is new. A duplicate (same
+device, seq and bytes) is acknowledged and ignored. A reading whose `prev` does not match
+its predecessor, or that leaves a gap, is accepted and flagged. Everything else is rejected
+with a machine-readable reason, which quarantine stores beside the raw bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from hsm import verify_es256
+from trustfleet.cose import decode_sign1
+from trustfleet.errors import WireError
+from trustfleet.payload import GENESIS_PREV, Reading, decode_payload
+from trustfleet.topics import DeviceTopic
+
+UNKNOWN_DEVICE: Final = "unknown_device"
+REVOKED_DEVICE: Final = "revoked_device"
+KID_MISMATCH: Final = "kid_mismatch"
+TOPIC_MISMATCH: Final = "topic_mismatch"
+BAD_SIGNATURE: Final = "bad_signature"
+REPLAY_CONFLICT: Final = "replay_conflict"
+BAD_TOPIC: Final = "bad_topic"
+
+FLAG_GAP: Final = "gap"
+FLAG_PREV_MISMATCH: Final = "prev_mismatch"
+FLAG_LATE: Final = "late"
+
+
+@dataclass
+class DeviceState:
+    """What the chain knows about one device; updated as blocks apply."""
+
+    dev: str
+    fleet: str
+    key: bytes
+    kid: bytes
+    enrolled_height: int
+    revoked_height: int | None = None
+    last_seq: int = 0
+    contiguous_seq: int = 0
+    last_seen: int | None = None
+    last_t: int | None = None
+    readings: int = 0
+    gaps: int = 0
+    prev_mismatches: int = 0
+    dirty: bool = field(default=False, compare=False)
+
+
+SeqLookup = Callable[[str, int], bytes | None]
+"""Returns the SHA-256 of the envelope committed for (device, seq), or None."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    reading: Reading
+    envelope_hash: bytes
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    dev: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    detail: str
+    dev: str | None = None
+
+
+Outcome = Accepted | Duplicate | Rejected
+
+
+def validate_envelope(
+    data: bytes,
+    topic: DeviceTopic | None,
+    devices: dict[str, DeviceState],
+    lookup: SeqLookup,
+    *,
+    max_envelope: int = 64 * 1024,
+) -> Outcome:
+    """Decide what happens to one envelope. Never raises for bad input."""
+    try:
+        msg = decode_sign1(data, max_size=max_envelope)
+        reading = decode_payload(msg.payload)
+    except WireError as exc:
+        return Rejected(exc.reason, exc.detail, topic.device if topic else None)
+    dev = reading.dev
+    if topic is None:
+        return Rejected(BAD_TOPIC, "message did not arrive on a tf/v1/{fleet}/{device}/up topic", dev)
+    if topic.device != dev:
+        return Rejected(TOPIC_MISMATCH, f"device {dev!r} published on {topic.device!r}'s topic", dev)
+    state = devices.get(dev)
+    if state is None:
+        return Rejected(UNKNOWN_DEVICE, f"device {dev!r} is not enrolled", dev)
+    if state.fleet != topic.fleet:
+        return Rejected(TOPIC_MISMATCH, f"device {dev!r} belongs to fleet {state.fleet!r}", dev)
+    if state.revoked_height is not None:
+        return Rejected(REVOKED_DEVICE, f"device {dev!r} was revoked", dev)
+    if msg.kid != state.kid:
+        return Rejected(KID_MISMATCH, "kid is not the enrolled key of this device", dev)
+    if not verify_es256(state.key, msg.to_be_signed(), msg.signature):
+        return Rejected(BAD_SIGNATURE, "ES256 signature does not verify with the device key", dev)
+    envelope_hash = hashlib.sha256(data).digest()
+    seen = lookup(dev, reading.seq)
+    if seen is not None:
+        if seen == envelope_hash:
+            return Duplicate(dev, reading.seq)
+        return Rejected(REPLAY_CONFLICT, f"seq {reading.seq} already committed with other bytes",
+                        dev)
+    return Accepted(reading, envelope_hash, _flags(reading, state, lookup))
+
+
+def _flags(reading: Reading, state: DeviceState, lookup: SeqLookup) -> tuple[str, ...]:
+    flags: list[str] = []
+    if reading.seq > state.last_seq + 1:
+        flags.append(FLAG_GAP)
+    elif reading.seq <= state.last_seq:
+        flags.append(FLAG_LATE)
+    if reading.seq == 1:
+        expected: bytes | None = GENESIS_PREV
+    else:
+        expected = lookup(reading.dev, reading.seq - 1)
+    if expected is not None and expected != reading.prev:
+        flags.append(FLAG_PREV_MISMATCH)
+    return tuple(flags)

@@ -1,0 +1,49 @@
+"""The `trustfleet` command: one entry point, one subcommand per part.
+
+    trustfleet up             a whole local fleet (broker, SoftHSM rig, node, trucks)
+    trustfleet node run       a ledger node          trustfleet verify   check a node's store
+    trustfleet agent run      an edge agent          trustfleet hsm ...  SoftHSM rigs, tokens
+    trustfleet shim truck     emulated truck hardware (GPS pty, 1-wire tree)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from trustfleet import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edge_agent import cli as agent_cli
+    from firmware_shims import truck as shim_cli
+    from hsm import cli as hsm_cli
+    from ledger_node import cli as node_cli
+    from trustfleet import launcher
+
+    parser = argparse.ArgumentParser(
+        prog="trustfleet",
+        description="TrustFleet: HSM-signed logistics readings on a verifiable ledger.")
+    parser.add_argument("--version", action="version", version=f"trustfleet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    launcher.register(sub)
+    node_cli.register(sub)
+    agent_cli.register(sub)
+    hsm_cli.register(sub)
+    shim_cli.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""COSE_Sign1 envelopes (RFC 9052 §4.2) with ES256, as fixed by DESIGN.md §4.
+
+    COSE_Sign1 = #6.18([ protected: bstr .cbor {1: -7, 4: kid}, unprotected: {},
+                         payload: bstr, signature: bstr (64 bytes, raw r||s) ])
+
+We write the tagged form; we accept tagged and untagged. The signature covers the
+Sig_structure ["Signature1", protected, h'', payload], hashed with SHA-256 by the signer
+(what PKCS#11 CKM_ECDSA over a SHA-256 digest produces). Verification itself is done by
+`hsm.verify_es256`; this module only builds and takes apart the structure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import cbor2
+
+from trustfleet import cbor
+from trustfleet.errors import BAD_ENVELOPE, UNSUPPORTED_ALG, WireError
+
+COSE_SIGN1_TAG: Final = 18
+HEADER_ALG: Final = 1
+HEADER_KID: Final = 4
+ALG_ES256: Final = -7
+SIGNATURE_SIZE: Final = 64
+KID_SIZE: Final = 32
+
+SignFunction = Callable[[bytes], bytes]
+
+
+@dataclass(frozen=True)
+class Sign1:
+    """A decoded COSE_Sign1 message. `protected` is the serialized protected header."""
+
+    protected: bytes
+    kid: bytes
+    payload: bytes
+    signature: bytes
+
+    def to_be_signed(self) -> bytes:
+        """The bytes the signature covers (the Sig_structure)."""
+        return sig_structure(self.protected, self.payload)
+
+
+def sig_structure(protected: bytes, payload: bytes) -> bytes:
+    """Sig_structure for COSE_Sign1 with empty external AAD (RFC 9052 §4.4)."""
+    return cbor.dumps(["Signature1", protected, b"", payload])
+
+
+def protected_header(kid: bytes) -> bytes:
+    """Serialized protected header {alg: ES256, kid: kid}."""
+    return cbor.dumps({HEADER_ALG: ALG_ES256, HEADER_KID: kid})
+
+
+def sign1(payload: bytes, kid: bytes, sign: SignFunction) -> bytes:
+    """Build a tagged COSE_Sign1 over `payload`; `sign` returns raw r||s ES256 over its input."""
+    protected = protected_header(kid)
+    signature = sign(sig_structure(protected, payload))
+    if len(signature) != SIGNATURE_SIZE:
+        raise ValueError(f"signer returned {len(signature)} bytes, expected raw r||s of 64")
+    return cbor.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
+
+
+def decode_sign1(data: bytes, *, max_size: int = 64 * 1024) -> Sign1:
+    """Take a COSE_Sign1 apart. Raises WireError with a quarantine reason on any defect."""
+    item = cbor.loads_strict(data, max_size=max_size)
+    return sign1_from_item(item)
+
+
+def sign1_from_item(item: object) -> Sign1:
+    """Check the structure of an already-decoded CBOR item and return it as Sign1."""
+    if isinstance(item, cbor2.CBORTag):
+        if item.tag != COSE_SIGN1_TAG:
+            raise WireError(BAD_ENVELOPE, f"CBOR tag {item.tag}, expected 18 (COSE_Sign1)")
+        item = item.value
+    if not isinstance(item, list) or len(item) != 4:
+        raise WireError(BAD_ENVELOPE, "not a COSE_Sign1: expected an array of 4 items")
+    protected, unprotected, payload, signature = item
+    if not isinstance(protected, bytes) or not isinstance(unprotected, dict):
+        raise WireError(BAD_ENVELOPE, "protected header must be bstr, unprotected a map")
+    if not isinstance(payload, bytes):
+        raise WireError(BAD_ENVELOPE, "payload must be an embedded bstr (detached not allowed)")
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE:
+        raise WireError(BAD_ENVELOPE, "signature must be a 64-byte bstr (raw r||s)")
+    try:
+        header = cbor.loads_strict(protected, max_size=1024)
+    except WireError as exc:
+        raise WireError(BAD_ENVELOPE, f"protected header: {exc.detail}") from None
+    if not isinstance(header, dict):
+        raise WireError(BAD_ENVELOPE, "protected header is not a map")
+    alg = header.get(HEADER_ALG)
+    if alg != ALG_ES256:
+        raise WireError(UNSUPPORTED_ALG, f"alg {alg!r}; only ES256 (-7) is accepted")
+    kid = header.get(HEADER_KID)
+    if not isinstance(kid, bytes) or len(kid) != KID_SIZE:
+        raise WireError(BAD_ENVELOPE, "kid must be the 32-byte SHA-256 of the device key SPKI")
+    if unprotected:
+        raise WireError(BAD_ENVELOPE, "unprotected header must be empty")
+    return Sign1(protected=protected, kid=kid, payload=payload, signature=signature)

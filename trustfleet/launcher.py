@@ -1,0 +1,246 @@
+"""`trustfleet up`: a whole fleet on one machine, on the embedded defaults.
+
+Starts and supervises, all under one data folder (default ./var):
+  broker/        Mosquitto on a free loopback port, persistence on
+  hsm/           a SoftHSM2 rig: one token per truck and one for the node, keys made inside
+  node-1/        one ledger node (solo ordering, SQLite), API and dashboard on localhost
+  trucks/NAME/   per truck: a firmware shim (NMEA pty + 1-wire tree) and an edge agent
+  logs/          one log file per process
+Ports are remembered in ports.json and reused when free. Ctrl-C or SIGTERM stops everything
+in order (agents first, so their outboxes are flushed) and leaves the data on disk; running
+`trustfleet up` again resumes the same chain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from trustfleet.broker import start_broker
+from trustfleet.procs import free_port, stop_process, wait_for
+
+FLEET = "demo"
+NODE_ID = "node-1"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = sub.add_parser(
+        "up", help="start a local fleet: broker, SoftHSM rig, ledger node, emulated trucks",
+        description="Start and supervise a whole TrustFleet on this machine until Ctrl-C or "
+                    "SIGTERM. Data stays in --data; running again resumes the same chain.")
+    up.add_argument("--data", type=Path, default=Path("var"), help="data folder (./var)")
+    up.add_argument("--trucks", type=int, default=5, help="number of emulated trucks (5)")
+    up.add_argument("--api-port", type=int, default=8080, help="API/dashboard port if free (8080)")
+    up.add_argument("--mqtt-port", type=int, default=1883, help="broker port if free (1883)")
+    up.add_argument("--duration", type=float, default=None,
+                    help="stop by itself after this many seconds (default: run until stopped)")
+    up.add_argument("--gps-interval", type=float, default=1.0,
+                    help="seconds between GPS readings per truck (1.0)")
+    up.set_defaults(func=run_up)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.started_at = time.monotonic()
+
+
+@dataclass
+class Fleet:
+    data: Path
+    trucks: int
+    api_port: int
+    mqtt_port: int
+    gps_interval: float
+    broker: subprocess.Popen[bytes] | None = None
+    children: list[Child] = field(default_factory=list)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def truck_names(self) -> list[str]:
+        return [f"truck-{i}" for i in range(1, self.trucks + 1)]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trustfleet.cli", *args]
+
+
+def _ports(data: Path, api: int, mqtt: int) -> tuple[int, int]:
+    path = data / "ports.json"
+    saved: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError):
+        saved = json.loads(path.read_text())
+    mqtt_port = free_port(saved.get("mqtt", mqtt))
+    api_port = free_port(saved.get("api", api))
+    path.write_text(json.dumps({"mqtt": mqtt_port, "api": api_port}))
+    return api_port, mqtt_port
+
+
+def prepare_rig(data: Path, trucks: list[str]) -> Path:
+    """Create the SoftHSM rig (idempotent) and the enrolment file; returns its path."""
+    from hsm import SoftHsmRig
+
+    rig = SoftHsmRig(data / "hsm")
+    devices = []
+    for label in [*trucks, NODE_ID]:
+        rig.ensure_token(label)
+    for label in trucks:
+        key = base64.b64encode(rig.public_key_der(label)).decode()
+        devices.append({"dev": label, "fleet": FLEET, "key": key})
+    enroll = data / "enroll.json"
+    enroll.write_text(json.dumps({"devices": devices}, indent=2))
+    return enroll
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return json.loads(resp.read())
+
+
+def start_fleet(fleet: Fleet) -> None:
+    data = fleet.data
+    logs = data / "logs"
+    names = fleet.truck_names()
+    print(f"trustfleet: preparing SoftHSM rig with {len(names)} truck tokens and a node token "
+          f"in {data / 'hsm'}", flush=True)
+    enroll = prepare_rig(data, names)
+    fleet.broker = start_broker(data / "broker", fleet.mqtt_port, logs / "mosquitto.log")
+    print(f"trustfleet: broker at mqtt://127.0.0.1:{fleet.mqtt_port}", flush=True)
+    node = Child(NODE_ID, _cli("node", "run", "--data", str(data / NODE_ID), "--rig",
+                               str(data / "hsm"), "--token", NODE_ID, "--enroll", str(enroll),
+                               "--broker-port", str(fleet.mqtt_port), "--api-port",
+                               str(fleet.api_port)), logs / f"{NODE_ID}.log")
+    node.start()
+    fleet.children.append(node)
+    wait_for(lambda: bool(_get(f"{fleet.api}/healthz")), 60, "ledger node API", proc=node.proc,
+             log_file=node.log)
+    for i, name in enumerate(names, start=1):
+        truck_dir = data / "trucks" / name
+        shim = Child(f"{name}-shim", _cli("shim", "truck", "--dir", str(truck_dir), "--index",
+                                          str(i)), logs / f"{name}-shim.log")
+        shim.start()
+        fleet.children.append(shim)
+        wait_for(lambda d=truck_dir: (d / "gps.tty").exists(), 20, f"{name} GPS pty",  # type: ignore[misc]
+                 proc=shim.proc, log_file=shim.log)
+        agent = Child(name, _cli("agent", "run", "--device-id", name, "--fleet", FLEET,
+                                 "--data", str(truck_dir), "--gps-port",
+                                 str(truck_dir / "gps.tty"), "--w1-dir", str(truck_dir / "w1"),
+                                 "--rig", str(data / "hsm"), "--broker-port",
+                                 str(fleet.mqtt_port)), logs / f"{name}.log")
+        agent.start()
+        fleet.children.append(agent)
+
+
+def stop_fleet(fleet: Fleet) -> None:
+    # Agents first (they seal what they hold), then shims, then the node, then the broker.
+    order = ([c for c in fleet.children if c.name.startswith("truck") and "shim" not in c.name]
+             + [c for c in fleet.children if c.name.endswith("-shim")]
+             + [c for c in fleet.children if c.name == NODE_ID])
+    for child in order:
+        if child.proc is not None:
+            code = stop_process(child.proc, timeout=15)
+            if code not in (0, -signal.SIGTERM):
+                print(f"trustfleet: {child.name} exited with {code} (log: {child.log})",
+                      flush=True)
+    if fleet.broker is not None:
+        stop_process(fleet.broker)
+
+
+def supervise(fleet: Fleet) -> None:
+    """Restart a child that died, with a growing pause so a crash loop does not spin."""
+    for child in fleet.children:
+        if child.proc is not None and child.proc.poll() is not None:
+            pause = min(30.0, 2.0 ** child.restarts)
+            if time.monotonic() - child.started_at < pause:
+                continue
+            child.restarts += 1
+            print(f"\ntrustfleet: {child.name} exited with {child.proc.returncode}; restarting "
+                  f"(restart {child.restarts}, log: {child.log})", flush=True)
+            child.start()
+    if fleet.broker is not None and fleet.broker.poll() is not None:
+        print("\ntrustfleet: mosquitto exited; restarting it", flush=True)
+        fleet.broker = start_broker(fleet.data / "broker", fleet.mqtt_port,
+                                    fleet.data / "logs" / "mosquitto.log")
+
+
+def status_line(fleet: Fleet) -> str:
+    try:
+        st = _get(f"{fleet.api}/v1/node/status")
+    except (OSError, ValueError):
+        return "node API not answering"
+    rejected = sum(st.get("rejected", {}).values())
+    return (f"height {st['height']} | {st['accepted']} readings | {st['readings_per_s']:.1f} "
+            f"readings/s | {st['devices']} devices | quarantined {rejected}")
+
+
+def run_up(args: argparse.Namespace) -> int:
+    data: Path = args.data.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    if not 1 <= args.trucks <= 200:
+        print("trustfleet up: --trucks must be between 1 and 200", file=sys.stderr)
+        return 2
+    api_port, mqtt_port = _ports(data, args.api_port, args.mqtt_port)
+    fleet = Fleet(data, args.trucks, api_port, mqtt_port, args.gps_interval)
+    stopping = {"flag": False}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        start_fleet(fleet)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"trustfleet up: could not start: {exc}", file=sys.stderr)
+        stop_fleet(fleet)
+        return 1
+    print(f"trustfleet: dashboard {fleet.api}/   API {fleet.api}/v1   docs {fleet.api}/docs",
+          flush=True)
+    print(f"trustfleet: MQTT broker mqtt://127.0.0.1:{fleet.mqtt_port}   data {data}   "
+          f"logs {data / 'logs'}", flush=True)
+    print("trustfleet: running; Ctrl-C or SIGTERM stops everything and keeps the data",
+          flush=True)
+    started = time.monotonic()
+    tty = sys.stdout.isatty()
+    last_print = 0.0
+    while not stopping["flag"]:
+        if args.duration is not None and time.monotonic() - started >= args.duration:
+            break
+        time.sleep(0.5)
+        supervise(fleet)
+        now = time.monotonic()
+        if tty and now - last_print >= 1:
+            print(f"\r{status_line(fleet):<100}", end="", flush=True)
+            last_print = now
+        elif not tty and now - last_print >= 10:
+            print(status_line(fleet), flush=True)
+            last_print = now
+    final = status_line(fleet)
+    print(f"\ntrustfleet: stopping ({final})", flush=True)
+    stop_fleet(fleet)
+    print(f"trustfleet: stopped; data kept in {data}", flush=True)
+    return 0
