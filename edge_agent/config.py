@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import AgentConfigError
-from trustfleet.topics import check_name
 from trustfleet.tomlconfig import TomlConfigError, apply_values, read_table
+from trustfleet.topics import check_name
 
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 

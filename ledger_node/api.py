@@ -23,6 +23,7 @@ from ledger_node.store import open_reader
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboards" / "static"
 MAX_LIMIT = 1000
+DEVICE_MS = "device time, ms since the Unix epoch"
 
 
 def b64(data: bytes) -> str:
@@ -93,7 +94,8 @@ def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None
         with db() as conn:
             rows = conn.execute("SELECT * FROM devices ORDER BY dev").fetchall()
         return [{"id": r["dev"], "fleet": r["fleet"], "kid": bytes(r["kid"]).hex(),
-                 "enrolled_height": r["enrolled_height"], "revoked": r["revoked_height"] is not None,
+                 "enrolled_height": r["enrolled_height"],
+                 "revoked": r["revoked_height"] is not None,
                  "last_seen": r["last_seen"], "last_seq": r["last_seq"],
                  "contiguous_seq": r["contiguous_seq"], "readings": r["readings"],
                  "gaps": r["gaps"], "prev_mismatches": r["prev_mismatches"]} for r in rows]
@@ -101,8 +103,8 @@ def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None
     @app.get("/v1/devices/{device_id}/readings", tags=["devices"])
     def readings(
         device_id: str,
-        since: Annotated[int | None, Query(alias="from", ge=0, description="device time, ms")] = None,
-        until: Annotated[int | None, Query(alias="to", ge=0, description="device time, ms")] = None,
+        since: Annotated[int | None, Query(alias="from", ge=0, description=DEVICE_MS)] = None,
+        until: Annotated[int | None, Query(alias="to", ge=0, description=DEVICE_MS)] = None,
         kind: Annotated[str | None, Query(max_length=32)] = None,
         after_seq: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from ledger_node.errors import ProofError, RootMismatchError
 
@@ -78,7 +78,8 @@ def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
     return level[0]
 
 
-class NodeId(NamedTuple):
+@dataclass(frozen=True, order=True, slots=True)
+class NodeId:
     """A perfect aligned subtree: ``2**level`` leaves starting at ``index * 2**level``."""
 
     level: int

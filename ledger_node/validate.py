@@ -96,9 +96,9 @@ def validate_envelope(
         return Rejected(exc.reason, exc.detail, topic.device if topic else None)
     dev = reading.dev
     if topic is None:
-        return Rejected(BAD_TOPIC, "message did not arrive on a tf/v1/{fleet}/{device}/up topic", dev)
+        return Rejected(BAD_TOPIC, "not sent on a tf/v1/{fleet}/{device}/up topic", dev)
     if topic.device != dev:
-        return Rejected(TOPIC_MISMATCH, f"device {dev!r} published on {topic.device!r}'s topic", dev)
+        return Rejected(TOPIC_MISMATCH, f"{dev!r} published on {topic.device!r}'s topic", dev)
     state = devices.get(dev)
     if state is None:
         return Rejected(UNKNOWN_DEVICE, f"device {dev!r} is not enrolled", dev)

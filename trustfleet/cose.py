@@ -11,7 +11,7 @@ Sig_structure ["Signature1", protected, h'', payload], hashed with SHA-256 by th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -75,10 +75,10 @@ def sign1_from_item(item: object) -> Sign1:
         if item.tag != COSE_SIGN1_TAG:
             raise WireError(BAD_ENVELOPE, f"CBOR tag {item.tag}, expected 18 (COSE_Sign1)")
         item = item.value
-    if not isinstance(item, list) or len(item) != 4:
+    if not isinstance(item, (list, tuple)) or len(item) != 4:
         raise WireError(BAD_ENVELOPE, "not a COSE_Sign1: expected an array of 4 items")
     protected, unprotected, payload, signature = item
-    if not isinstance(protected, bytes) or not isinstance(unprotected, dict):
+    if not isinstance(protected, bytes) or not isinstance(unprotected, Mapping):
         raise WireError(BAD_ENVELOPE, "protected header must be bstr, unprotected a map")
     if not isinstance(payload, bytes):
         raise WireError(BAD_ENVELOPE, "payload must be an embedded bstr (detached not allowed)")

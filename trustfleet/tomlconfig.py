@@ -47,7 +47,8 @@ def apply_values(obj: T, values: dict[str, Any], source: str, text: str = "") ->
     for key, value in values.items():
         where = f"{source}, line {_line_of(text, key)}" if _line_of(text, key) else source
         if key not in known:
-            raise TomlConfigError(f"{where}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
+            raise TomlConfigError(
+                f"{where}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
         changes[key] = _coerce(value, hints[key], key, where)
     return replace(obj, **changes)  # type: ignore[type-var]
 

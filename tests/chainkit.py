@@ -1,0 +1,60 @@
+"""Build chains in-process for tests: real SQLite store, software keys (no HSM needed here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hsm import SoftwareSigner
+from ledger_node import entries
+from ledger_node.chain import ApplyResult, Chain, Message, OrderedBatch
+from ledger_node.store import Store
+from trustfleet.cose import sign1
+from trustfleet.payload import GENESIS_PREV, Reading, encode_payload
+from trustfleet.topics import up_topic
+
+FLEET = "test"
+
+
+class Device:
+    """A device that signs a proper chain of readings (seq, prev) with a software key."""
+
+    def __init__(self, dev: str) -> None:
+        self.dev = dev
+        self.signer = SoftwareSigner.generate()
+        self.seq = 0
+        self.prev = GENESIS_PREV
+        self.topic = up_topic(FLEET, dev)
+
+    def reading(self, t: int = 1_763_700_000_000, kind: str = "temp",
+                values: dict[str, object] | None = None) -> bytes:
+        import hashlib
+
+        self.seq += 1
+        r = Reading(dev=self.dev, seq=self.seq, prev=self.prev, t=t + self.seq, ts="gps", k=kind,
+                    d=values if values is not None else {"c": 4.0 + self.seq / 100})
+        env = sign1(encode_payload(r), self.signer.kid, self.signer.sign)
+        self.prev = hashlib.sha256(env).digest()
+        return env
+
+    def message(self, data: bytes, topic: str | None = None) -> Message:
+        return Message(topic or self.topic, data, 0)
+
+
+class ChainUnderTest:
+    """A chain with a genesis block and enrolled devices, on a real SQLite file."""
+
+    def __init__(self, path: Path, devices: list[Device]) -> None:
+        self.node = SoftwareSigner.generate()
+        self.store = Store(path)
+        self.chain = Chain(self.store, "main", "node-1", self.node)
+        self.time = 1_763_700_000_000
+        admin = [entries.genesis("main", "node-1", self.node.public_key_der(), self.time)]
+        admin += [entries.device_enrolled(d.dev, FLEET, d.signer.public_key_der())
+                  for d in devices]
+        self.apply(admin=admin)
+
+    def apply(self, messages: list[Message] | None = None,
+              admin: list[bytes] | None = None) -> ApplyResult:
+        self.time += 1000
+        return self.chain.apply(OrderedBatch(self.time, "node-1", tuple(admin or ()),
+                                             tuple(messages or ())))

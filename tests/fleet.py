@@ -1,0 +1,72 @@
+"""Helpers for tests that start real processes: broker, ledger node, shims, agents.
+
+Everything runs on free loopback ports in temporary folders and is stopped by the fixture
+that started it. Logs go to files next to the data, and are shown when a start fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trustfleet.procs import free_port, stop_process, wait_for
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trustfleet.cli", *args]
+
+
+def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as fh:
+        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env)
+
+
+def http_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def write_enrollments(path: Path, devices: dict[str, bytes], fleet: str = "test") -> Path:
+    path.write_text(json.dumps({"devices": [
+        {"dev": dev, "fleet": fleet, "key": base64.b64encode(key).decode()}
+        for dev, key in devices.items()]}))
+    return path
+
+
+@dataclass
+class NodeProcess:
+    proc: subprocess.Popen[bytes]
+    data: Path
+    api_port: int
+    log: Path
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def get(self, path: str) -> Any:
+        return http_json(self.api + path)
+
+    def stop(self) -> int:
+        return stop_process(self.proc, timeout=20)
+
+
+def start_node(data: Path, rig_dir: Path, broker_port: int, enroll: Path,
+               token: str = "node-1", block_interval_ms: int = 100) -> NodeProcess:
+    api_port = free_port()
+    log = data / "node.log"
+    proc = spawn(cli("node", "run", "--data", str(data), "--rig", str(rig_dir), "--token", token,
+                     "--enroll", str(enroll), "--broker-port", str(broker_port), "--api-port",
+                     str(api_port), "--block-interval-ms", str(block_interval_ms)), log)
+    node = NodeProcess(proc, data, api_port, log)
+    wait_for(lambda: node.get("/v1/node/status")["broker_connected"], 60, "ledger node",
+             proc=proc, log_file=log)
+    return node
