@@ -11,7 +11,8 @@ answers with ``perfect_subtrees`` + ``hash_from_subtrees``; ``RangeHasher`` reco
 Proofs are ordered leaf-up as PATH / SUBPROOF (RFC 9162 §2.1.3.1, §2.1.4.1); verification follows
 §2.1.3.2 / §2.1.4.2 with transparency-dev/merkle's edge cases: index >= size fails; a proof of the
 wrong length fails before any hashing; size1 == size2 needs an empty proof and byte-equal roots;
-size1 == 0 fails (a consistency proof from the empty tree is meaningless).
+size1 == 0 fails (a consistency proof from the empty tree is meaningless). A proof binds leaves
+to a root, not a size to a root: take (size, root) pairs from verified signed tree heads.
 
 Errors: precondition violations raise ``ProofError``; a well-formed proof that recomputes another
 root raises ``RootMismatchError`` (a ``ProofError``) with both roots. Sizes and indices are ints in
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from ledger_node.errors import ProofError, RootMismatchError
 
 __all__ = [
-    "EMPTY_ROOT", "HASH_SIZE", "CompactRange", "GetRangeHash", "NodeId", "RangeHasher",
+    "EMPTY_ROOT", "HASH_SIZE", "BytesLike", "CompactRange", "GetRangeHash", "NodeId", "RangeHasher",
     "consistency_proof", "consistency_proof_ranges", "hash_from_subtrees", "inclusion_proof",
     "inclusion_proof_ranges", "leaf_hash", "node_hash", "perfect_subtrees",
     "root_from_inclusion_proof", "root_from_leaf_hashes", "roots_from_consistency_proof",
@@ -41,11 +42,12 @@ _LEAF_PREFIX = b"\x00"
 _NODE_PREFIX = b"\x01"
 _MAX_SIZE = 1 << 64
 
+BytesLike = bytes | bytearray | memoryview
 GetRangeHash = Callable[[int, int], bytes]
 """``get_range_hash(begin, end)`` returns MTH(D[begin:end]), the hash of leaves ``[begin, end)``."""
 
 
-def leaf_hash(data: bytes) -> bytes:
+def leaf_hash(data: BytesLike) -> bytes:
     """Return the RFC 9162 leaf hash SHA-256(0x00 || data). Requires a bytes-like ``data``."""
     h = hashlib.sha256(_LEAF_PREFIX)
     h.update(data)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from hsm import verify_es256
-from trustfleet.cose import decode_sign1
+from trustfleet.cose import decode_sign1, is_low_s
 from trustfleet.errors import WireError
 from trustfleet.payload import GENESIS_PREV, Reading, decode_payload
 from trustfleet.topics import DeviceTopic
@@ -108,6 +108,8 @@ def validate_envelope(
         return Rejected(REVOKED_DEVICE, f"device {dev!r} was revoked", dev)
     if msg.kid != state.kid:
         return Rejected(KID_MISMATCH, "kid is not the enrolled key of this device", dev)
+    if not is_low_s(msg.signature):
+        return Rejected(BAD_SIGNATURE, "signature not in low-S form (malleated copy?)", dev)
     if not verify_es256(state.key, msg.to_be_signed(), msg.signature):
         return Rejected(BAD_SIGNATURE, "ES256 signature does not verify with the device key", dev)
     envelope_hash = hashlib.sha256(data).digest()

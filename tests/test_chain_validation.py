@@ -116,3 +116,19 @@ def test_chain_resumes_from_the_store_with_the_same_tip(tmp_path: Path) -> None:
     again = Chain(Store(tmp_path / "l.sqlite"), "main", "node-1", tc.node)
     assert (again.height, again.tip_hash, again.size) == (height, tip, size)
     assert again.devices["truck-1"].last_seq == 1
+
+
+def test_malleated_high_s_copy_of_a_reading_is_quarantined_not_committed(tmp_path: Path) -> None:
+    import cbor2
+
+    from trustfleet.cose import P256_ORDER
+
+    dev = Device("truck-1")
+    tc = ChainUnderTest(tmp_path / "l.sqlite", [dev])
+    env = dev.reading()
+    protected, unprotected, payload, sig = cbor2.loads(env).value
+    s = int.from_bytes(sig[32:], "big")
+    twin = cbor.dumps(cbor2.CBORTag(18, [protected, dict(unprotected), payload,
+                                         sig[:32] + (P256_ORDER - s).to_bytes(32, "big")]))
+    result = tc.apply([dev.message(twin), dev.message(env)])
+    assert result.accepted == 1 and result.rejected == {"bad_signature": 1}

@@ -131,3 +131,16 @@ def test_random_bytes_never_escape_as_anything_but_wire_error(data: bytes) -> No
             decode_payload(decode_sign1(env).payload)
     except WireError:
         pass
+
+
+def test_signatures_are_written_low_s_and_a_malleated_twin_still_verifies_cryptographically(
+) -> None:
+    from trustfleet.cose import P256_ORDER, is_low_s
+
+    for i in range(20):
+        msg = decode_sign1(envelope(reading(seq=i + 1)))
+        assert is_low_s(msg.signature)
+        r, s = msg.signature[:32], int.from_bytes(msg.signature[32:], "big")
+        twin = r + (P256_ORDER - s).to_bytes(32, "big")
+        assert not is_low_s(twin)
+        assert verify_es256(SIGNER.public_key_der(), msg.to_be_signed(), twin)

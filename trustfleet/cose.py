@@ -29,6 +29,23 @@ KID_SIZE: Final = 32
 
 SignFunction = Callable[[bytes], bytes]
 
+# Order of the P-256 group. ECDSA signatures are malleable: (r, s) and (r, n - s) both verify.
+# We write only the low-S form and the ledger refuses the other, so that one reading has one
+# envelope byte string (and one hash, which the next reading's `prev` points to).
+P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def low_s(signature: bytes) -> bytes:
+    """The low-S form of a raw r||s P-256 signature (the same signature if already low-S)."""
+    r, s = signature[:32], int.from_bytes(signature[32:], "big")
+    if s > P256_ORDER // 2:
+        s = P256_ORDER - s
+    return r + s.to_bytes(32, "big")
+
+
+def is_low_s(signature: bytes) -> bool:
+    return int.from_bytes(signature[32:], "big") <= P256_ORDER // 2
+
 
 @dataclass(frozen=True)
 class Sign1:
@@ -60,6 +77,7 @@ def sign1(payload: bytes, kid: bytes, sign: SignFunction) -> bytes:
     signature = sign(sig_structure(protected, payload))
     if len(signature) != SIGNATURE_SIZE:
         raise ValueError(f"signer returned {len(signature)} bytes, expected raw r||s of 64")
+    signature = low_s(signature)
     return cbor.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
 
 
