@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +30,25 @@ class Collector(Protocol):
     def read_available(self) -> list[Sample]: ...
 
     def close(self) -> None: ...
+
+
+class Polled:
+    """A collector read on demand (`read()`), asked at most once per `interval_s`."""
+
+    def __init__(self, read: Callable[[], list[Sample]], interval_s: float,
+                 name: str = "polled") -> None:
+        self.read, self.interval_s, self.name = read, interval_s, name
+        self._next = 0.0
+
+    def read_available(self) -> list[Sample]:
+        now = time.monotonic()
+        if now < self._next:
+            return []
+        self._next = now + self.interval_s
+        return self.read()
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -52,7 +72,8 @@ class EdgeAgent:
         self.stats = AgentStats()
         self.stop_event = threading.Event()
         self._last_sample: dict[str, float] = {}
-        self._intervals = {"gps": cfg.gps_interval_s, "temp": cfg.temp_interval_s}
+        # GPS receivers talk once a second or faster: keep one fix per interval.
+        self._intervals = {"gps": cfg.gps_interval_s}
 
     def run(self, tick_s: float = 0.1) -> None:
         self.uplink.start()

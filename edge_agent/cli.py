@@ -40,11 +40,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge_agent.agent import Collector, EdgeAgent
+    from edge_agent.agent import Collector, EdgeAgent, Polled
     from edge_agent.collectors.gps_serial import SerialGpsCollector
     from edge_agent.collectors.w1_temp import W1TemperatureCollector
     from edge_agent.config import load_agent_config
-    from hsm import HsmError, Pkcs11Signer, SoftHsmRig
+    from hsm import Pkcs11Signer, SoftHsmRig
+    from hsm.errors import HsmError
     from hsm.signer import pin_from_env_or_file
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -73,7 +74,8 @@ def _run(args: argparse.Namespace) -> int:
     if cfg.gps_port:
         collectors.append(SerialGpsCollector(cfg.gps_port, cfg.gps_baudrate))
     if cfg.w1_dir:
-        collectors.append(W1TemperatureCollector(cfg.w1_dir, clock=clock.now))
+        w1 = W1TemperatureCollector(cfg.w1_dir, clock=clock.now)
+        collectors.append(Polled(w1.read, cfg.temp_interval_s, "w1"))
     agent = EdgeAgent(cfg, signer, collectors, clock)
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -31,6 +31,7 @@ class Uplink:
         self.receipts: queue.Queue[Receipt] = queue.Queue()
         self.connected = threading.Event()
         self.bad_receipts = 0
+        self.stopping = False
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device_id}",
                                   protocol=mqtt.MQTTv5)
         self.client.max_queued_messages_set(10_000)
@@ -47,6 +48,7 @@ class Uplink:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self.stopping = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -66,7 +68,7 @@ class Uplink:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self.stopping:
             log.warning("%s: disconnected from broker (%s); will reconnect", self.device_id,
                         reason)
         self.connected.clear()

@@ -16,7 +16,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from hsm import HsmError, Pkcs11Signer, SoftHsmRig
+from hsm import Pkcs11Signer, SoftHsmRig
+from hsm.errors import HsmError
 from hsm.signer import pin_from_env_or_file
 from ledger_node.config import load_config
 from ledger_node.errors import LedgerError

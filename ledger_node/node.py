@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,20 @@ class NodeStats:
     rejected: Counter[str] = field(default_factory=Counter)
     received: int = 0
     dropped_queue_full: int = 0
-    rate: float = 0.0  # readings/s, exponentially smoothed
+    window: deque[tuple[float, int]] = field(default_factory=deque)
+    window_s: float = 10.0
+
+    def record(self, accepted: int) -> None:
+        now = time.monotonic()
+        self.window.append((now, accepted))
+        while self.window and self.window[0][0] < now - self.window_s:
+            self.window.popleft()
+
+    @property
+    def rate(self) -> float:
+        """Accepted readings per second over the last `window_s` seconds."""
+        span = min(self.window_s, max(time.monotonic() - self.started, 1e-3))
+        return sum(n for _, n in self.window) / span
 
     def as_dict(self) -> dict[str, Any]:
         return {"accepted": self.accepted, "duplicates": self.duplicates,
@@ -158,13 +171,11 @@ class LedgerNode:
         return batch
 
     def _apply(self, admin: list[bytes], messages: list[Message]) -> ApplyResult:
-        started = time.monotonic()
         result = self.chain.apply(self.orderer.order(admin, messages))
         self.stats.accepted += result.accepted
         self.stats.duplicates += result.duplicates
         self.stats.rejected.update(result.rejected)
-        elapsed = max(time.monotonic() - started, self.cfg.block_interval_ms / 1000)
-        self.stats.rate = 0.8 * self.stats.rate + 0.2 * (result.accepted / elapsed)
+        self.stats.record(result.accepted)
         if result.header is not None:
             log.debug("block %d: %d entries, %d accepted, %d duplicates, rejected %s",
                       result.header.height, result.header.count, result.accepted,

@@ -193,8 +193,9 @@ def status_line(fleet: Fleet) -> str:
     except (OSError, ValueError):
         return "node API not answering"
     rejected = sum(st.get("rejected", {}).values())
-    return (f"height {st['height']} | {st['accepted']} readings | {st['readings_per_s']:.1f} "
-            f"readings/s | {st['devices']} devices | quarantined {rejected}")
+    return (f"height {st['height']} | {st['size']} entries | {st['accepted']} readings this run "
+            f"| {st['readings_per_s']:.1f} readings/s | {st['devices']} devices | "
+            f"quarantined {rejected}")
 
 
 def run_up(args: argparse.Namespace) -> int:

@@ -1,1 +1,29 @@
-"""TrustFleet package."""
+"""Collectors: one module per hardware interface, each turning raw device data into Samples.
+
+- ``base``: :class:`Sample` and the ``Clock`` type shared by all collectors;
+- ``errors``: the collector error tree (``CollectorError`` and its subclasses);
+- ``nmea``: pure NMEA 0183 parsing (``NmeaAssembler``);
+- ``gps_serial``: GPS on a serial port (``SerialGpsCollector``, needs pyserial);
+- ``w1_temp``: DS18B20 probes on the Linux 1-wire bus (``W1TemperatureCollector``).
+
+Importing this package loads only the light shared types below.
+"""
+
+from edge_agent.collectors.base import Clock, Sample, SampleValue, system_clock
+from edge_agent.collectors.errors import (
+    CollectorError,
+    DeviceUnavailable,
+    SensorReadError,
+    SerialLineError,
+)
+
+__all__ = [
+    "Clock",
+    "CollectorError",
+    "DeviceUnavailable",
+    "Sample",
+    "SampleValue",
+    "SensorReadError",
+    "SerialLineError",
+    "system_clock",
+]

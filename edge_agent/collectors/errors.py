@@ -1,0 +1,72 @@
+"""Errors raised by the collectors.
+
+The whole tree::
+
+    CollectorError                 root of everything a collector raises
+    ├── SerialLineError            one bad line from a serial device: log it, count it, go on
+    ├── SensorReadError            one bad reading from a sensor (e.g. a DS18B20 CRC mismatch):
+    │                              log it, count it, try again at the next read
+    └── DeviceUnavailable          the port or sysfs file is missing or went away: retry later
+
+Each error carries a machine-readable ``reason`` (a short snake_case string such as
+``bad_checksum`` or ``power_on_reset``) so counters and logs can group them; the message is
+for people.
+
+``CollectorError`` derives from :class:`Exception` for now. When ``edge_agent/errors.py``
+defines the package root ``EdgeAgentError``, ``CollectorError`` becomes its subclass and
+nothing else here changes.
+
+Foreign exceptions (``serial.SerialException``, ``OSError``, ``pynmea2.ParseError``,
+``ValueError`` from field conversion) are translated into these at the one place where they
+enter our code and nowhere else.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CollectorError",
+    "DeviceUnavailable",
+    "SensorReadError",
+    "SerialLineError",
+]
+
+
+class CollectorError(Exception):
+    """Root of every error a collector raises."""
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {message}" if message else reason)
+
+
+class SerialLineError(CollectorError):
+    """One line read from a serial device was rejected.
+
+    ``line`` holds the offending bytes (cut to 200 bytes) as evidence. The collector logs
+    and counts the error and carries on with the next line.
+    """
+
+    MAX_EVIDENCE = 200
+
+    def __init__(self, reason: str, line: bytes = b"", message: str | None = None) -> None:
+        self.line = bytes(line[: self.MAX_EVIDENCE])
+        super().__init__(reason, message)
+
+
+class SensorReadError(CollectorError):
+    """One reading from a sensor was rejected (bad CRC, known bogus value, garbled file)."""
+
+    def __init__(self, reason: str, device: str = "", message: str | None = None) -> None:
+        self.device = device
+        super().__init__(reason, f"{device}: {message}" if device and message else message)
+
+
+class DeviceUnavailable(CollectorError):
+    """The device (serial port, sysfs directory or file) is missing or went away.
+
+    Transient by assumption: the caller retries later, with backoff.
+    """
+
+    def __init__(self, reason: str, device: str = "", message: str | None = None) -> None:
+        self.device = device
+        super().__init__(reason, f"{device}: {message}" if device and message else message)
