@@ -19,7 +19,6 @@ bench: setup ## throughput and latency through the real broker into a real node
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check . || true
 
 check: lint test
 
