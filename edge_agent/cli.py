@@ -44,9 +44,8 @@ def _run(args: argparse.Namespace) -> int:
     from edge_agent.collectors.gps_serial import SerialGpsCollector
     from edge_agent.collectors.w1_temp import W1TemperatureCollector
     from edge_agent.config import load_agent_config
-    from hsm import Pkcs11Signer, SoftHsmRig
+    from hsm import signer_from_settings
     from hsm.errors import HsmError
-    from hsm.signer import pin_from_env_or_file
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -56,13 +55,9 @@ def _run(args: argparse.Namespace) -> int:
                                 broker_port=args.broker_port, gps_port=args.gps_port,
                                 w1_dir=args.w1_dir,
                                 pkcs11_module=os.environ.get("TRUSTFLEET_PKCS11_MODULE"))
-        if args.rig is not None:
-            rig = SoftHsmRig(args.rig)
-            os.environ.update(rig.env())
-            pin = rig.user_pin(cfg.token)
-        else:
-            pin = pin_from_env_or_file("TRUSTFLEET_DEVICE_PIN", "TRUSTFLEET_DEVICE_PIN_FILE")
-        signer = Pkcs11Signer(cfg.pkcs11_module, cfg.token, pin)
+        signer = signer_from_settings(cfg.pkcs11_module, cfg.token, rig_dir=args.rig,
+                                      pin_env="TRUSTFLEET_DEVICE_PIN",
+                                      pin_file_env="TRUSTFLEET_DEVICE_PIN_FILE")
     except (EdgeAgentError, HsmError) as exc:
         print(f"trustfleet agent: {exc}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import AgentConfigError
-from trustfleet.tomlconfig import TomlConfigError, apply_values, read_table
+from trustfleet.tomlconfig import TomlConfigError, load_dataclass
 from trustfleet.topics import check_name
 
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -75,13 +75,8 @@ class AgentConfig:
 
 def load_agent_config(path: Path | None, **overrides: Any) -> AgentConfig:
     """Defaults, then the file's [agent] table, then the non-None overrides."""
-    cfg = AgentConfig()
     try:
-        if path is not None:
-            values, text = read_table(path, "agent")
-            cfg = apply_values(cfg, values, str(path), text)
-        cfg = apply_values(cfg, {k: v for k, v in overrides.items() if v is not None},
-                           "arguments")
+        cfg = load_dataclass(AgentConfig(), path, "agent", overrides)
     except TomlConfigError as exc:
         raise AgentConfigError(str(exc)) from None
     return cfg.validate()

@@ -9,7 +9,7 @@ A process works with ONE SoftHSM config: set SOFTHSM2_CONF before the first PKCS
 """
 
 from hsm import errors
-from hsm.rig import SoftHsmRig, TokenInfo, open_signer
+from hsm.rig import SoftHsmRig, TokenInfo, open_signer, signer_from_settings
 from hsm.signer import Pkcs11Signer, Signer, SoftwareSigner, pin_from_env_or_file
 from hsm.verify import kid_for, load_public_key, verify_es256
 
@@ -24,5 +24,6 @@ __all__ = [
     "load_public_key",
     "open_signer",
     "pin_from_env_or_file",
+    "signer_from_settings",
     "verify_es256",
 ]

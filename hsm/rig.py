@@ -40,7 +40,7 @@ from typing import Any, Final
 from hsm import errors
 from hsm._module import bound_config
 from hsm.errors import HsmError, ModuleNotFound, TokenNotFound
-from hsm.signer import Pkcs11Signer
+from hsm.signer import Pkcs11Signer, pin_from_env_or_file
 from hsm.verify import kid_for
 
 DEFAULT_MODULE_PATH: Final = "/usr/lib/softhsm/libsofthsm2.so"
@@ -347,3 +347,19 @@ def open_signer(rig: SoftHsmRig, label: str) -> Pkcs11Signer:
             f"{bound!r}; a process works with ONE rig config, so open this rig in a subprocess"
         )
     return Pkcs11Signer(rig.module_path, label, rig.user_pin(label), key_label=KEY_LABEL)
+
+
+def signer_from_settings(module_path: str, token_label: str, *, rig_dir: Path | None,
+                         pin_env: str, pin_file_env: str) -> Pkcs11Signer:
+    """The signer an entry point asks for: from a SoftHSM test rig, or a token and a PIN.
+
+    With `rig_dir`, the rig's config is put in os.environ and its pins.json gives the PIN.
+    Otherwise the PIN comes from the environment variable `pin_env`, or from the file named
+    by `pin_file_env`; never from the command line. Raises HsmError subclasses.
+    """
+    if rig_dir is not None:
+        rig = SoftHsmRig(rig_dir)
+        os.environ.update(rig.env())
+        return open_signer(rig, token_label)
+    pin = pin_from_env_or_file(pin_env, pin_file_env)
+    return Pkcs11Signer(module_path, token_label, pin)

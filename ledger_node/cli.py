@@ -16,9 +16,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from hsm import Pkcs11Signer, SoftHsmRig
+from hsm import Pkcs11Signer, signer_from_settings
 from hsm.errors import HsmError
-from hsm.signer import pin_from_env_or_file
 from ledger_node.config import load_config
 from ledger_node.errors import LedgerError
 
@@ -68,13 +67,9 @@ def _run(args: argparse.Namespace) -> int:
                           token_label=args.token_label, enroll_file=args.enroll_file,
                           block_interval_ms=args.block_interval_ms,
                           pkcs11_module=os.environ.get("TRUSTFLEET_PKCS11_MODULE"))
-        if args.rig is not None:
-            rig = SoftHsmRig(args.rig)
-            os.environ.update(rig.env())
-            pin = rig.user_pin(cfg.token_label)
-        else:
-            pin = pin_from_env_or_file("TRUSTFLEET_NODE_PIN", "TRUSTFLEET_NODE_PIN_FILE")
-        signer = Pkcs11Signer(cfg.pkcs11_module, cfg.token_label, pin)
+        signer = signer_from_settings(cfg.pkcs11_module, cfg.token_label, rig_dir=args.rig,
+                                      pin_env="TRUSTFLEET_NODE_PIN",
+                                      pin_file_env="TRUSTFLEET_NODE_PIN_FILE")
     except (LedgerError, HsmError) as exc:
         print(f"trustfleet node: {exc}", file=sys.stderr)
         return 2

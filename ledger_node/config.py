@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger_node.errors import ConfigError
-from trustfleet.tomlconfig import TomlConfigError, apply_values, read_table
+from trustfleet.tomlconfig import TomlConfigError, load_dataclass
 
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
@@ -50,13 +50,8 @@ class NodeConfig:
 
 def load_config(path: Path | None, **overrides: Any) -> NodeConfig:
     """Defaults, then the TOML file's [node] table, then non-None overrides."""
-    cfg = NodeConfig()
     try:
-        if path is not None:
-            values, text = read_table(path, "node")
-            cfg = apply_values(cfg, values, str(path), text)
-        cfg = apply_values(cfg, {k: v for k, v in overrides.items() if v is not None},
-                           "arguments")
+        cfg = load_dataclass(NodeConfig(), path, "node", overrides)
     except TomlConfigError as exc:
         raise ConfigError(str(exc)) from None
     return cfg.validate()

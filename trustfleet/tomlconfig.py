@@ -68,3 +68,15 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
             return value
     names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
     raise TomlConfigError(f"{where}: {key} must be {names}, got {value!r}")
+
+
+def load_dataclass(default: T, path: Path | None, table: str, overrides: dict[str, Any]) -> T:
+    """`default`, then the `[table]` of the TOML file at `path`, then the non-None overrides.
+
+    Raises TomlConfigError naming the file, line and key.
+    """
+    cfg = default
+    if path is not None:
+        values, text = read_table(path, table)
+        cfg = apply_values(cfg, values, str(path), text)
+    return apply_values(cfg, {k: v for k, v in overrides.items() if v is not None}, "arguments")
