@@ -71,10 +71,17 @@ def _synthetic(route: Route, step_ms: int, start_ms: int) -> Iterator[list[bytes
 
 
 def replay_epochs(log: Path, *, loop: bool = True) -> Iterator[list[bytes]]:
-    """Epochs of a gpsfake log, lines CR LF terminated; repeats forever when ``loop``."""
+    """Epochs of a gpsfake log, lines CR LF terminated; repeats forever when ``loop``.
+
+    Reads the file at once: raises OSError or ValueError (no data) here, not later.
+    """
     epochs = group_epochs(read_gpsfake_log(log))
     if not epochs:
         raise ValueError(f"{log}: no data after the header")
+    return _replay(epochs, loop)
+
+
+def _replay(epochs: list[list[bytes]], loop: bool) -> Iterator[list[bytes]]:
     while True:
         for epoch in epochs:
             yield [line + b"\r\n" for line in epoch]

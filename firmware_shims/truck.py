@@ -122,6 +122,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``shim truck ...`` to a CLI; the handler is ``args.func(args) -> int``."""
     shim = subparsers.add_parser("shim", help="hardware emulators (firmware shims)")
@@ -130,11 +137,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "truck", help="one truck: NMEA GPS on a pty (DIR/gps.tty) and 1-wire probes (DIR/w1)"
     )
     truck.add_argument("--dir", type=Path, required=True, help="folder for the device files")
-    truck.add_argument("--index", type=int, required=True, help="truck number (route, ids)")
+    truck.add_argument("--index", type=_count, required=True, help="truck number (route, ids)")
     truck.add_argument("--interval", type=_positive, default=1.0, help="seconds between GPS epochs")
     truck.add_argument(
         "--speedup", type=_positive, default=1.0, help="run this many times real time"
     )
     truck.add_argument("--replay", type=Path, help="replay this gpsfake log instead")
-    truck.add_argument("--probes", type=int, default=2, help="DS18B20 probes on the bus")
+    truck.add_argument("--probes", type=_count, default=2, help="DS18B20 probes on the bus")
     truck.set_defaults(func=_cmd_truck)

@@ -99,7 +99,9 @@ def test_dgps_is_fix_2_from_gga_quality_or_rmc_mode() -> None:
     [from_gga] = _feed(NmeaAssembler(), rmc(FIX), gga(dgps))
     assert from_gga.values["fix"] == 2
     assert rmc(dgps).endswith(",D*" + rmc(dgps)[-2:])
-    [from_rmc] = NmeaAssembler().feed(rmc(dgps)) or []
+    assembler = NmeaAssembler()
+    assert assembler.feed(rmc(dgps)) == []
+    [from_rmc] = assembler.flush()
     assert from_rmc.values["fix"] == 2
 
 
@@ -126,7 +128,8 @@ def test_date_rollover_pivot_moves_old_dates_forward_by_1024_weeks() -> None:
 
 def test_leap_second_235960_is_accepted() -> None:
     body = rmc(FIX)[1:-3].replace(rmc(FIX).split(",")[1], "235960.000")
-    [sample] = _feed(NmeaAssembler(), sentence(body))
+    assembler = NmeaAssembler()
+    [sample] = _feed(assembler, sentence(body)) + assembler.flush()
     assert sample.t_ms % 86_400_000 == 0  # the instant 00:00:00 of the next day
 
 

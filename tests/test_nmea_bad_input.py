@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from edge_agent.collectors.errors import CollectorError, SerialLineError
 from edge_agent.collectors.nmea import NmeaAssembler, check_sentence
+from edge_agent.errors import EdgeAgentError
 from firmware_shims.nmea_gen import sentence
 
 RMC_BODY = "GPRMC,123519.00,A,4807.03800,N,01131.00000,E,022.4,084.4,230394,003.1,W,A"
@@ -66,6 +67,7 @@ def test_bad_line_is_rejected_with_its_reason_and_the_assembler_keeps_working(
         assembler.feed(line)
     assert caught.value.reason == reason
     assert isinstance(caught.value, CollectorError)
+    assert isinstance(caught.value, EdgeAgentError)
     assert len(caught.value.line) <= SerialLineError.MAX_EVIDENCE
     assert assembler.stats[f"bad:{reason}"] == 1
     assert assembler.stats["bad_lines"] == 1

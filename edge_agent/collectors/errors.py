@@ -2,19 +2,16 @@
 
 The whole tree::
 
-    CollectorError                 root of everything a collector raises
-    ├── SerialLineError            one bad line from a serial device: log it, count it, go on
-    ├── SensorReadError            one bad reading from a sensor (e.g. a DS18B20 CRC mismatch):
-    │                              log it, count it, try again at the next read
-    └── DeviceUnavailable          the port or sysfs file is missing or went away: retry later
+    EdgeAgentError                 (edge_agent.errors) root of the edge agent's errors
+    └── CollectorError             root of everything a collector raises
+        ├── SerialLineError        one bad line from a serial device: log it, count it, go on
+        ├── SensorReadError        one bad reading from a sensor (e.g. a DS18B20 CRC mismatch):
+        │                          log it, count it, try again at the next read
+        └── DeviceUnavailable      the port or sysfs file is missing or went away: retry later
 
 Each error carries a machine-readable ``reason`` (a short snake_case string such as
 ``bad_checksum`` or ``power_on_reset``) so counters and logs can group them; the message is
 for people.
-
-``CollectorError`` derives from :class:`Exception` for now. When ``edge_agent/errors.py``
-defines the package root ``EdgeAgentError``, ``CollectorError`` becomes its subclass and
-nothing else here changes.
 
 Foreign exceptions (``serial.SerialException``, ``OSError``, ``pynmea2.ParseError``,
 ``ValueError`` from field conversion) are translated into these at the one place where they
@@ -22,6 +19,8 @@ enter our code and nowhere else.
 """
 
 from __future__ import annotations
+
+from edge_agent.errors import EdgeAgentError
 
 __all__ = [
     "CollectorError",
@@ -31,7 +30,7 @@ __all__ = [
 ]
 
 
-class CollectorError(Exception):
+class CollectorError(EdgeAgentError):
     """Root of every error a collector raises."""
 
     def __init__(self, reason: str, message: str | None = None) -> None:

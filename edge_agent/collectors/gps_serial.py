@@ -5,9 +5,11 @@ the pty of ``firmware_shims.nmea_pty``: same code path), splits the byte stream 
 lines, and feeds them to the assembler. Two ways to use it:
 
 - ``read_available()`` returns the samples completed by what the port has now (waiting
-  at most ``read_timeout``) and raises :class:`DeviceUnavailable` while the port is
-  missing. It reopens by itself, no more often than the backoff allows (``backoff_initial``
-  doubling up to ``backoff_max`` after each failed open; reset by a successful open).
+  at most ``read_timeout``). While the port is missing it reopens by itself, no more often
+  than the backoff allows (``backoff_initial`` doubling up to ``backoff_max`` after each
+  failed open; reset by a successful open): each failed attempt raises
+  :class:`DeviceUnavailable` once, and calls between attempts return ``[]`` at once, so a
+  caller polling in a loop logs one warning per attempt, not one per poll.
 - ``samples()`` is a blocking generator over the same, which waits out the backoff itself
   and ends when ``close()`` is called (from any thread).
 
@@ -83,6 +85,8 @@ class SerialGpsCollector:
 
     def open(self) -> None:
         """Open the port now (ignoring backoff). Raises DeviceUnavailable."""
+        if self._serial is not None:
+            return
         try:
             self._serial = serial.Serial(self.port, self.baudrate, timeout=self.read_timeout)
         except (serial.SerialException, OSError, ValueError) as err:
@@ -98,12 +102,15 @@ class SerialGpsCollector:
         log.info("gps port %s open", self.port)
 
     def read_available(self) -> list[Sample]:
-        """Samples completed by the bytes available now. Raises DeviceUnavailable."""
+        """Samples completed by the bytes available now.
+
+        Raises DeviceUnavailable when an attempt to (re)open the port fails, or after close().
+        """
         if self._closed.is_set():
             raise DeviceUnavailable("closed", self.port, "collector closed")
         if self._serial is None:
             if time.monotonic() < self._next_attempt:
-                raise DeviceUnavailable("backoff", self.port, "waiting to reopen")
+                return []  # the failed attempt was reported; wait for the next one
             self.open()
         assert self._serial is not None
         try:
@@ -123,12 +130,13 @@ class SerialGpsCollector:
         self._iterating = True
         try:
             while not self._closed.is_set():
+                wait = self._next_attempt - time.monotonic()
+                if self._serial is None and wait > 0:
+                    self._closed.wait(wait)
+                    continue
                 try:
                     batch = self.read_available()
                 except DeviceUnavailable:
-                    if self._closed.is_set():
-                        break
-                    self._closed.wait(max(0.01, self._next_attempt - time.monotonic()))
                     continue
                 yield from batch
         finally:
