@@ -17,8 +17,9 @@ test: setup ## every test that can run here, with real Mosquitto, SoftHSM2 and S
 bench: setup ## throughput and latency through the real broker into a real node
 	$(PY) -m ledger_node.bench $(BENCH_ARGS)
 
-lint: setup
+lint: setup ## ruff over everything, mypy over the packages
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy trustfleet hsm ledger_node edge_agent firmware_shims
 
 check: lint test
 
