@@ -1,7 +1,11 @@
-"""The node's HTTP API (FastAPI): health, chain, blocks, devices, readings, quarantine.
+"""The node's HTTP API (FastAPI): health, chain, blocks, entries and proofs, devices, readings,
+quarantine.
 
 Handlers only read: each request opens a read-only SQLite connection, so the API never
 blocks block application. Binary values are base64 (standard alphabet) or hex as named.
+Proof endpoints answer 404 for what is not in the log, 422 for a request that cannot be
+answered as asked, and 503 when the node's own store no longer reproduces its signed heads
+(it refuses to serve a proof it cannot stand behind).
 """
 
 from __future__ import annotations
@@ -15,19 +19,41 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 
+from ledger_node import proofs
 from ledger_node.block import decode_header
+from ledger_node.bundle import bundle_for_entry
+from ledger_node.errors import LedgerError
+from ledger_node.heads import consistency_json
 from ledger_node.merkle import leaf_hash
+from ledger_node.proofs import MAX_INDEX, BadProofRequest, NotInLog
 from ledger_node.store import open_reader
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboards" / "static"
 MAX_LIMIT = 1000
 DEVICE_MS = "device time, ms since the Unix epoch"
+EntryIndex = Annotated[int, PathParam(ge=0, le=MAX_INDEX, description="leaf index in the log")]
+Height = Annotated[int | None, Query(ge=0, le=MAX_INDEX,
+                                     description="block height (default: the newest block)")]
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+@contextmanager
+def _proof_errors() -> Iterator[None]:
+    """Translate the proof module's errors, once, into HTTP answers."""
+    try:
+        yield
+    except NotInLog as exc:
+        raise HTTPException(404, str(exc)) from None
+    except BadProofRequest as exc:
+        raise HTTPException(422, str(exc)) from None
+    except LedgerError as exc:  # TamperError, StoreError: the store contradicts its heads
+        raise HTTPException(503, f"this node cannot serve that proof: {exc}") from None
 
 
 def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
@@ -83,11 +109,41 @@ def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None
             return block_json(conn, int(row["h"]), with_entries=False)
 
     @app.get("/v1/blocks/{height}", tags=["chain"])
-    def get_block(height: int) -> dict[str, Any]:
+    def get_block(height: Annotated[int, PathParam(le=MAX_INDEX)]) -> dict[str, Any]:
         if height < 0:
             raise HTTPException(422, "height must be >= 0")
         with db() as conn:
             return block_json(conn, height, with_entries=True)
+
+    @app.get("/v1/entries/{index}", tags=["proofs"])
+    def get_entry(index: EntryIndex) -> dict[str, Any]:
+        """One log entry: its bytes (base64), kind and the block that committed it."""
+        with _proof_errors(), db() as conn:
+            e = proofs.entry(conn, index)
+        return {"index": e.index, "kind": e.kind, "block": e.height,
+                "leaf_hash": leaf_hash(e.data).hex(), "data": b64(e.data)}
+
+    @app.get("/v1/entries/{index}/proof", tags=["proofs"])
+    def entry_proof(index: EntryIndex, height: Height = None) -> dict[str, Any]:
+        """A proof bundle (docs/proof-bundle.md) for one entry against the signed head of block
+        `height`; `trustfleet verify-bundle` checks it offline."""
+        with _proof_errors(), db() as conn:
+            return bundle_for_entry(conn, index, height)
+
+    @app.get("/v1/chain/consistency", tags=["proofs"])
+    def chain_consistency(
+        from_height: Annotated[int, Query(alias="from", ge=0, le=MAX_INDEX,
+                                          description="the older block height")],
+        to_height: Annotated[int | None, Query(alias="to", ge=0, le=MAX_INDEX,
+                                               description="the newer (default: newest)")] = None,
+    ) -> dict[str, Any]:
+        """Both signed heads and the RFC 9162 consistency proof between their trees;
+        `trustfleet verify-consistency` checks it against a head you saved."""
+        with _proof_errors(), db() as conn:
+            p = proofs.consistency(conn, from_height, to_height)
+            keys = proofs.node_keys(conn)
+        return consistency_json((p.old.header_bytes, p.old.signatures),
+                                (p.new.header_bytes, p.new.signatures), p.hashes, keys)
 
     @app.get("/v1/devices", tags=["devices"])
     def devices() -> list[dict[str, Any]]:
@@ -103,10 +159,12 @@ def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None
     @app.get("/v1/devices/{device_id}/readings", tags=["devices"])
     def readings(
         device_id: str,
-        since: Annotated[int | None, Query(alias="from", ge=0, description=DEVICE_MS)] = None,
-        until: Annotated[int | None, Query(alias="to", ge=0, description=DEVICE_MS)] = None,
+        since: Annotated[int | None, Query(alias="from", ge=0, le=MAX_INDEX,
+                                           description=DEVICE_MS)] = None,
+        until: Annotated[int | None, Query(alias="to", ge=0, le=MAX_INDEX,
+                                           description=DEVICE_MS)] = None,
         kind: Annotated[str | None, Query(max_length=32)] = None,
-        after_seq: Annotated[int, Query(ge=0)] = 0,
+        after_seq: Annotated[int, Query(ge=0, le=MAX_INDEX)] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     ) -> dict[str, Any]:
         sql = ("SELECT idx, seq, t, ts, k, d, flags, height, ledger_time FROM readings "
@@ -139,7 +197,7 @@ def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None
         reason: Annotated[str | None, Query(max_length=64)] = None,
         device: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-        before_id: Annotated[int | None, Query(ge=1)] = None,
+        before_id: Annotated[int | None, Query(ge=1, le=MAX_INDEX)] = None,
     ) -> dict[str, Any]:
         sql = "SELECT id, received, reason, detail, topic, dev, size, sha256, raw FROM quarantine"
         where, args = [], []  # type: ignore[var-annotated]
@@ -169,3 +227,4 @@ def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None
         return JSONResponse({"message": "TrustFleet ledger node; API under /v1, docs at /docs"})
 
     return app
+

@@ -3,6 +3,9 @@
 `Chain.apply(batch)` is deterministic in the batch and the committed log (DESIGN.md §5):
 ledger time comes from the batch, iteration follows batch order, and no clock or randomness
 is read. The only side effects are the store transaction and the node's signature.
+
+The block's transaction also stores the hash of every perfect subtree its entries complete
+(`merkle_nodes`, see ledger_node.subtrees), so that proofs against any head are lookups.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from ledger_node.block import ZERO_HASH, BlockHeader
 from ledger_node.errors import LedgerError
 from ledger_node.merkle import CompactRange, leaf_hash
 from ledger_node.store import BlockRecord, QuarantineRow, ReadingRow, Store
+from ledger_node.subtrees import append_leaves
 from ledger_node.validate import (
     FLAG_GAP,
     FLAG_PREV_MISMATCH,
@@ -169,8 +173,7 @@ class Chain:
                 self.store.add_quarantine(quarantine)
             return result
 
-        new_range = self.range.copy()
-        new_range.extend([leaf_hash(data) for _, data in new_entries])
+        new_range, nodes = append_leaves(self.range, [leaf_hash(data) for _, data in new_entries])
         header = BlockHeader(chain=self.chain_id, height=height, time=time, prev=self.tip_hash,
                              first=first, count=len(new_entries), size=new_range.size,
                              root=new_range.root(), proposer=batch.proposer)
@@ -181,7 +184,7 @@ class Chain:
             height=height, hash=block_hash, header=header_bytes, time=time, first=first,
             count=len(new_entries), size=new_range.size, frontier=new_range.to_bytes(),
             sigs=[(self.node_id, signature)], entries=new_entries, readings=readings,
-            devices=list(devices.values()), quarantine=quarantine))
+            devices=list(devices.values()), quarantine=quarantine, nodes=nodes))
         self.devices.update(devices)
         self.range = new_range
         self.height, self.tip_hash, self.time = height, block_hash, time

@@ -1,4 +1,5 @@
-"""Command line of the ledger node: `trustfleet node run` and `trustfleet verify`.
+"""Command line of the ledger node: `trustfleet node run` and `trustfleet verify`; the proof
+commands (`proof`, `verify-bundle`, `verify-consistency`) live in ledger_node.proof_cli.
 
 Environment (read here only): TRUSTFLEET_NODE_PIN or TRUSTFLEET_NODE_PIN_FILE for the node
 token's user PIN (unless --rig names a SoftHSM test rig, whose pins.json is used), and
@@ -18,6 +19,7 @@ from types import FrameType
 
 from hsm import Pkcs11Signer, signer_from_settings
 from hsm.errors import HsmError
+from ledger_node import proof_cli
 from ledger_node.config import load_config
 from ledger_node.errors import LedgerError
 
@@ -55,6 +57,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="node public key (SPKI DER) to trust instead of the genesis entry")
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     verify.set_defaults(func=_verify)
+
+    proof_cli.register(sub)  # proof, verify-bundle, verify-consistency
 
 
 def _run(args: argparse.Namespace) -> int:

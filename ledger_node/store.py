@@ -1,9 +1,13 @@
 """The node's SQLite store: one file per node, WAL mode, one transaction per block.
 
 Tables: `blocks` (header bytes, hash, compact Merkle range after the block), `block_sigs`,
-`entries` (the log: leaf index -> entry bytes), `readings` (decoded index of reading
-entries), `devices` (state derived from the log), `quarantine` (rejected input, node-local,
-not part of the log) and `meta`.
+`entries` (the log: leaf index -> entry bytes), `merkle_nodes` (the hash of every perfect
+subtree of two or more leaves, for proofs: see ledger_node.subtrees), `readings` (decoded
+index of reading entries), `devices` (state derived from the log), `quarantine` (rejected
+input, node-local, not part of the log) and `meta`.
+
+Schema versions: 1 had no `merkle_nodes`; opening a version-1 store with the writer rebuilds
+that table from `entries` in one transaction and records version 2.
 
 Concurrency rule: one writer connection, used only by the node's apply thread; readers
 (API, verify) open their own read-only connections (`open_reader`).
@@ -19,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from ledger_node.errors import StoreError
+from ledger_node.merkle import CompactRange, leaf_hash
+from ledger_node.subtrees import StoredNode, append_leaves
 from ledger_node.validate import DeviceState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_BACKFILL_CHUNK = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -33,6 +40,9 @@ CREATE TABLE IF NOT EXISTS block_sigs (
   height INTEGER NOT NULL, node TEXT NOT NULL, sig BLOB NOT NULL, PRIMARY KEY (height, node));
 CREATE TABLE IF NOT EXISTS entries (
   idx INTEGER PRIMARY KEY, height INTEGER NOT NULL, kind TEXT NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS merkle_nodes (
+  level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+  PRIMARY KEY (level, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS readings (
   idx INTEGER PRIMARY KEY, dev TEXT NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL,
   t INTEGER NOT NULL, ts TEXT NOT NULL, k TEXT NOT NULL, d TEXT NOT NULL, flags TEXT NOT NULL,
@@ -105,6 +115,8 @@ class BlockRecord:
     readings: Sequence[ReadingRow]
     devices: Sequence[DeviceState]
     quarantine: Sequence[QuarantineRow]
+    nodes: Sequence[StoredNode] = ()
+    """Perfect subtrees the block's entries complete (ledger_node.subtrees.append_leaves)."""
 
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
@@ -140,6 +152,31 @@ class Store:
             self.conn.executescript(_SCHEMA)
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                               (str(SCHEMA_VERSION).encode(),))
+        self._migrate()
+
+    def _migrate(self) -> None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        try:
+            version = int(bytes(row[0]).decode())
+        except (TypeError, ValueError):
+            raise StoreError(f"ledger store {self.path}: unreadable schema version") from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"ledger store {self.path} has schema {version}; this node knows "
+                             f"only up to {SCHEMA_VERSION}")
+        if version < 2:
+            with self.conn:
+                self._rebuild_merkle_nodes()
+                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'",
+                                  (str(SCHEMA_VERSION).encode(),))
+
+    def _rebuild_merkle_nodes(self) -> None:
+        """Recompute `merkle_nodes` from the stored entries (inside the caller's transaction)."""
+        c = self.conn
+        c.execute("DELETE FROM merkle_nodes")
+        tree, cursor = CompactRange(), c.execute("SELECT data FROM entries ORDER BY idx")
+        while rows := cursor.fetchmany(_BACKFILL_CHUNK):
+            tree, nodes = append_leaves(tree, [leaf_hash(bytes(r[0])) for r in rows])
+            c.executemany("INSERT INTO merkle_nodes VALUES (?, ?, ?)", nodes)
 
     def close(self) -> None:
         self.conn.close()
@@ -182,6 +219,7 @@ class Store:
             c.executemany("INSERT INTO entries VALUES (?, ?, ?, ?)",
                           [(block.first + i, block.height, kind, data)
                            for i, (kind, data) in enumerate(block.entries)])
+            c.executemany("INSERT INTO merkle_nodes VALUES (?, ?, ?)", block.nodes)
             c.executemany(
                 "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(r.idx, r.dev, r.seq, r.hash, r.t, r.ts, r.k,

@@ -1,0 +1,215 @@
+"""Proofs from a real store: stored subtree hashes, inclusion and consistency proofs.
+
+Every proof the store serves is cross-checked against merkle.RangeHasher recomputing the tree
+from all leaf hashes, for every head and every entry of chains with many block sizes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger_node import proofs
+from ledger_node.errors import StoreError, TamperError
+from ledger_node.merkle import (
+    CompactRange,
+    RangeHasher,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    verify_consistency,
+    verify_inclusion,
+)
+from ledger_node.proofs import BadProofRequest, NotInLog
+from ledger_node.store import Store, open_reader
+from ledger_node.subtrees import SubtreeReader, append_leaves
+from tests.chainkit import ChainUnderTest, Device
+
+# Block sizes chosen to cross every power-of-two boundary up to 128 entries, in odd steps.
+BLOCK_SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 1, 1, 31, 2, 6]
+
+
+def build(path: Path, sizes: list[int]) -> ChainUnderTest:
+    """A chain with genesis + two enrolments in block 0, then one block per size given."""
+    a, b = Device("truck-1"), Device("truck-2")
+    tc = ChainUnderTest(path, [a, b])
+    for n in sizes:
+        msgs = [(a if i % 3 else b) for i in range(n)]
+        tc.apply([d.message(d.reading()) for d in msgs])
+    return tc
+
+
+def leaf_hashes(conn: sqlite3.Connection) -> list[bytes]:
+    return [leaf_hash(bytes(r[0])) for r in conn.execute("SELECT data FROM entries ORDER BY idx")]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("proofs") / "ledger.sqlite"
+    build(path, BLOCK_SIZES).store.close()
+    return path
+
+
+def test_append_leaves_matches_compact_range_and_stores_every_perfect_subtree() -> None:
+    leaves = [leaf_hash(bytes([i])) for i in range(37)]
+    reference = RangeHasher(leaves)
+    frontier, stored = CompactRange(), {}
+    for chunk in ([0], [1, 2], list(range(3, 10)), list(range(10, 37))):
+        frontier, nodes = append_leaves(frontier, [leaves[i] for i in chunk])
+        stored.update({(lvl, idx): h for lvl, idx, h in nodes})
+    expect = CompactRange()
+    expect.extend(leaves)
+    assert frontier == expect and frontier.root() == reference(0, 37)
+    want = {(lvl, i) for lvl in range(1, 6) for i in range(37 >> lvl)}
+    assert set(stored) == want  # n - popcount(n) nodes: every subtree of 2+ leaves, no more
+    for (lvl, i), h in stored.items():
+        assert h == reference(i << lvl, (i + 1) << lvl)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 20), max_size=12))
+def test_append_leaves_in_any_chunks_gives_the_compact_range(chunks: list[int]) -> None:
+    leaves = [leaf_hash(i.to_bytes(2, "big")) for i in range(sum(chunks))]
+    frontier, pos, seen = CompactRange(), 0, 0
+    for n in chunks:
+        frontier, nodes = append_leaves(frontier, leaves[pos:pos + n])
+        pos += n
+        seen += len(nodes)
+    assert frontier.size == len(leaves)
+    assert frontier.root() == RangeHasher(leaves)(0, len(leaves))
+    assert seen == len(leaves) - len(leaves).bit_count()
+
+
+def test_every_inclusion_proof_at_every_head_matches_the_recomputed_tree(store: Path) -> None:
+    conn = open_reader(store)
+    hasher = RangeHasher(leaf_hashes(conn))
+    reader = SubtreeReader(conn)
+    checked, want = 0, 0
+    for height in range(proofs.latest_height(conn) + 1):
+        head = proofs.signed_head(conn, height)
+        size = head.header.size
+        assert hasher(0, size) == head.header.root
+        want += size
+        for index in range(size):
+            p = proofs.inclusion(conn, index, head, reader)
+            assert list(p.hashes) == inclusion_proof(index, size, hasher)
+            verify_inclusion(leaf_hash(p.entry.data), index, size, p.hashes, head.header.root)
+            checked += 1
+    conn.close()
+    assert checked == want == sum(3 + sum(BLOCK_SIZES[:h]) for h in range(len(BLOCK_SIZES) + 1))
+
+
+def test_every_consistency_proof_between_heads_matches_the_recomputed_tree(store: Path) -> None:
+    conn = open_reader(store)
+    hasher = RangeHasher(leaf_hashes(conn))
+    top = proofs.latest_height(conn)
+    for h1 in range(top + 1):
+        for h2 in range(h1, top + 1):
+            p = proofs.consistency(conn, h1, h2)
+            s1, s2 = p.old.header.size, p.new.header.size
+            assert list(p.hashes) == (consistency_proof(s1, s2, hasher) if s1 < s2 else [])
+            verify_consistency(s1, s2, p.hashes, p.old.header.root, p.new.header.root)
+    assert proofs.consistency(conn, 3).new.height == top
+    conn.close()
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=6))
+def test_store_proofs_for_random_block_sizes_match_the_reference(sizes: list[int]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        build(Path(tmp) / "l.sqlite", sizes).store.close()
+        conn = open_reader(Path(tmp) / "l.sqlite")
+        leaves = leaf_hashes(conn)
+        hasher, total = RangeHasher(leaves), len(leaves)
+        top = proofs.latest_height(conn)
+        for h in range(top + 1):
+            size = proofs.signed_head(conn, h).header.size
+            for i in range(size):
+                got = proofs.inclusion(conn, i, h).hashes
+                assert list(got) == inclusion_proof(i, size, hasher)
+            want = consistency_proof(size, total, hasher) if size < total else []
+            assert list(proofs.consistency(conn, h, top).hashes) == want
+        conn.close()
+
+
+def test_requests_outside_the_log_are_named(store: Path) -> None:
+    conn = open_reader(store)
+    top = proofs.latest_height(conn)
+    size = proofs.signed_head(conn).header.size
+    with pytest.raises(NotInLog, match=f"no entry {size}: the log has {size} entries"):
+        proofs.inclusion(conn, size)
+    with pytest.raises(NotInLog, match=f"no block at height {top + 1}"):
+        proofs.inclusion(conn, 0, top + 1)
+    with pytest.raises(BadProofRequest, match="committed in block 16; the head at height 2"):
+        proofs.inclusion(conn, size - 1, 2)
+    with pytest.raises(BadProofRequest, match=r"from \(5\) must not be after to \(4\)"):
+        proofs.consistency(conn, 5, 4)
+    with pytest.raises(NotInLog, match=f"no block at height {top + 1}"):
+        proofs.consistency(conn, top + 1)
+    with pytest.raises(BadProofRequest, match=r"must be an integer in \[0, 2\*\*63\)"):
+        proofs.entry(conn, 1 << 63)
+    conn.close()
+
+
+def test_a_tampered_subtree_hash_makes_the_node_refuse_to_serve_the_proof(tmp_path: Path) -> None:
+    db = tmp_path / "l.sqlite"
+    build(db, [4, 4]).store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE merkle_nodes SET hash = ? WHERE level = 2 AND idx = 1", (bytes(32),))
+    conn = open_reader(db)
+    with pytest.raises(TamperError, match="entry 0 against block 2: the store does not "
+                                          "reproduce the signed root"):
+        proofs.inclusion(conn, 0)
+    with pytest.raises(TamperError, match="refusing to serve this proof"):
+        proofs.consistency(conn, 0, 2)
+    conn.close()
+
+
+def test_a_missing_subtree_hash_is_named(tmp_path: Path) -> None:
+    db = tmp_path / "l.sqlite"
+    build(db, [4]).store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM merkle_nodes WHERE level = 1 AND idx = 1")
+    conn = open_reader(db)
+    with pytest.raises(TamperError, match=r"merkle node \(level 1, index 1\) is not in the store"):
+        proofs.inclusion(conn, 0)
+    conn.close()
+
+
+def test_a_version_1_store_gets_its_subtree_hashes_rebuilt_on_open(tmp_path: Path) -> None:
+    db = tmp_path / "l.sqlite"
+    build(db, [3, 5, 8]).store.close()
+    with sqlite3.connect(db) as conn:
+        before = conn.execute("SELECT * FROM merkle_nodes ORDER BY level, idx").fetchall()
+        conn.execute("DELETE FROM merkle_nodes")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"1",))
+    Store(db).close()
+    with sqlite3.connect(db) as conn:
+        after = conn.execute("SELECT * FROM merkle_nodes ORDER BY level, idx").fetchall()
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+    assert after == before and len(before) > 0 and bytes(version) == b"2"
+
+
+def test_a_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "l.sqlite"
+    Store(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"9",))
+    with pytest.raises(StoreError, match="has schema 9; this node knows only up to 2"):
+        Store(db)
+
+
+def test_block_commit_writes_the_subtree_hashes_in_the_same_transaction(tmp_path: Path) -> None:
+    db = tmp_path / "l.sqlite"
+    tc = build(db, [5])
+    conn = open_reader(db)
+    nodes = conn.execute("SELECT COUNT(*) FROM merkle_nodes").fetchone()[0]
+    size = tc.chain.size
+    assert nodes == size - size.bit_count()
+    conn.close()
+    tc.store.close()
