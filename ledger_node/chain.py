@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 
 from hsm import Signer
@@ -25,12 +26,15 @@ from ledger_node.subtrees import append_leaves
 from ledger_node.validate import (
     FLAG_GAP,
     FLAG_PREV_MISMATCH,
-    Accepted,
+    Candidate,
     DeviceState,
     Duplicate,
+    Outcome,
     Rejected,
     SeqLookup,
-    validate_envelope,
+    decide,
+    precheck,
+    verify_candidates,
 )
 from trustfleet.errors import WireError
 from trustfleet.topics import parse_up_topic, split_message
@@ -76,12 +80,16 @@ class ApplyResult:
 class Chain:
     """The chain state of one node and the rule that extends it."""
 
-    def __init__(self, store: Store, chain_id: str, node_id: str, signer: Signer) -> None:
+    def __init__(self, store: Store, chain_id: str, node_id: str, signer: Signer,
+                 executor: Executor | None = None) -> None:
         self.store = store
+        self.executor = executor
         self.chain_id = chain_id
         self.node_id = node_id
         self.signer = signer
         self.devices: dict[str, DeviceState] = store.load_devices()
+        for state in self.devices.values():
+            state.last_hash = store.reading_hash(state.dev, state.last_seq)
         tip = store.tip()
         if tip is None:
             self.height, self.tip_hash, self.time = -1, ZERO_HASH, 0
@@ -138,35 +146,46 @@ class Chain:
                                                   enrolled_height=height)
             new_entries.append((kind, entry))
 
+        # Phase 1: parse and stateless checks; phase 2: signatures, in parallel when the
+        # chain has an executor; phase 3: in batch order, the stateful checks.
+        checked: list[tuple[Message, bytes, Candidate | Rejected]] = []
         for msg in batch.messages:
             topic = parse_up_topic(msg.topic)
             try:
                 envelopes = split_message(msg.payload)
             except WireError as exc:
-                quarantine.append(_quarantine(msg, msg.payload, exc.reason, exc.detail, None))
-                result.rejected[exc.reason] = result.rejected.get(exc.reason, 0) + 1
+                checked.append((msg, msg.payload, Rejected(exc.reason, exc.detail, None)))
                 continue
-            for data in envelopes:
-                outcome = validate_envelope(data, topic, view, lookup)
-                if isinstance(outcome, Rejected):
-                    quarantine.append(_quarantine(msg, data, outcome.reason, outcome.detail,
-                                                  outcome.dev))
-                    result.rejected[outcome.reason] = result.rejected.get(outcome.reason, 0) + 1
-                    continue
-                if isinstance(outcome, Duplicate):
-                    result.duplicates += 1
-                    result.touched.add(outcome.dev)
-                    continue
-                assert isinstance(outcome, Accepted)
-                r = outcome.reading
-                idx = first + len(new_entries)
-                new_entries.append((entry_types.KIND_READING, data))
-                pending[(r.dev, r.seq)] = outcome.envelope_hash
-                readings.append(ReadingRow(idx, r.dev, r.seq, outcome.envelope_hash, r.t, r.ts,
-                                           r.k, r.d, outcome.flags))
-                _advance(state_of(r.dev), r.seq, r.t, time, outcome.flags, lookup)
-                result.accepted += 1
-                result.touched.add(r.dev)
+            checked.extend((msg, data, precheck(data, topic, view)) for data in envelopes)
+        candidates = [c for _, _, c in checked if isinstance(c, Candidate)]
+        verified = iter(verify_candidates(candidates, self.executor))
+
+        for msg, raw, checked_item in checked:
+            if isinstance(checked_item, Rejected):
+                outcome: Outcome = checked_item
+            else:
+                state = state_of(checked_item.reading.dev)
+                outcome = decide(checked_item, next(verified), state, lookup)
+            if isinstance(outcome, Rejected):
+                quarantine.append(_quarantine(msg, raw, outcome.reason, outcome.detail,
+                                              outcome.dev))
+                result.rejected[outcome.reason] = result.rejected.get(outcome.reason, 0) + 1
+                continue
+            if isinstance(outcome, Duplicate):
+                result.duplicates += 1
+                result.touched.add(outcome.dev)
+                continue
+            assert isinstance(checked_item, Candidate)
+            r = outcome.reading
+            idx = first + len(new_entries)
+            new_entries.append((entry_types.KIND_READING, checked_item.data))
+            pending[(r.dev, r.seq)] = outcome.envelope_hash
+            readings.append(ReadingRow(idx, r.dev, r.seq, outcome.envelope_hash, r.t, r.ts,
+                                       r.k, r.d, outcome.flags))
+            _advance(state_of(r.dev), r.seq, r.t, time, outcome.flags, outcome.envelope_hash,
+                     lookup)
+            result.accepted += 1
+            result.touched.add(r.dev)
 
         if not new_entries:
             if quarantine:
@@ -209,19 +228,24 @@ class _Overlay(dict[str, DeviceState]):
 
 
 def _advance(state: DeviceState, seq: int, t: int, time: int, flags: tuple[str, ...],
-             find: SeqLookup) -> None:
+             envelope_hash: bytes, find: SeqLookup) -> None:
     """Update a device's derived state for one accepted reading."""
     state.readings += 1
     state.last_seen = time
     if seq > state.last_seq:
         state.last_seq = seq
         state.last_t = t
+        state.last_hash = envelope_hash
     if FLAG_GAP in flags:
         state.gaps += 1
     if FLAG_PREV_MISMATCH in flags:
         state.prev_mismatches += 1
-    while find(state.dev, state.contiguous_seq + 1) is not None:
-        state.contiguous_seq += 1
+    if seq == state.contiguous_seq + 1:
+        state.contiguous_seq = seq
+        # Readings that arrived early (after a gap) may continue the run.
+        while state.contiguous_seq < state.last_seq and \
+                find(state.dev, state.contiguous_seq + 1) is not None:
+            state.contiguous_seq += 1
 
 
 def _quarantine(msg: Message, raw: bytes, reason: str, detail: str,

@@ -10,7 +10,8 @@ with a machine-readable reason, which quarantine stores beside the raw bytes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -50,7 +51,9 @@ class DeviceState:
     readings: int = 0
     gaps: int = 0
     prev_mismatches: int = 0
-    dirty: bool = field(default=False, compare=False)
+    # Not stored: the SHA-256 of the envelope with seq == last_seq, filled in when a chain is
+    # loaded, so the next reading's `prev` is checked without a lookup.
+    last_hash: bytes | None = field(default=None, compare=False)
 
 
 SeqLookup = Callable[[str, int], bytes | None]
@@ -80,15 +83,20 @@ class Rejected:
 Outcome = Accepted | Duplicate | Rejected
 
 
-def validate_envelope(
-    data: bytes,
-    topic: DeviceTopic | None,
-    devices: dict[str, DeviceState],
-    lookup: SeqLookup,
-    *,
-    max_envelope: int = 64 * 1024,
-) -> Outcome:
-    """Decide what happens to one envelope. Never raises for bad input."""
+@dataclass(frozen=True)
+class Candidate:
+    """An envelope that parsed and passed the stateless checks; its signature is next."""
+
+    data: bytes
+    reading: Reading
+    to_be_signed: bytes
+    signature: bytes
+    key: bytes
+
+
+def precheck(data: bytes, topic: DeviceTopic | None, devices: Mapping[str, DeviceState], *,
+             max_envelope: int = 64 * 1024) -> Candidate | Rejected:
+    """Parse the envelope and check everything that needs no signature and no history."""
     try:
         msg = decode_sign1(data, max_size=max_envelope)
         reading = decode_payload(msg.payload)
@@ -110,16 +118,60 @@ def validate_envelope(
         return Rejected(KID_MISMATCH, "kid is not the enrolled key of this device", dev)
     if not is_low_s(msg.signature):
         return Rejected(BAD_SIGNATURE, "signature not in low-S form (malleated copy?)", dev)
-    if not verify_es256(state.key, msg.to_be_signed(), msg.signature):
+    return Candidate(data, reading, msg.to_be_signed(), msg.signature, state.key)
+
+
+def verify_candidates(candidates: Sequence[Candidate],
+                      executor: Executor | None = None, chunk: int = 256) -> list[bool]:
+    """Signature checks for many candidates, in parallel chunks when given an executor.
+
+    The results do not depend on the executor, so block application stays deterministic.
+    """
+    def run(part: Sequence[Candidate]) -> list[bool]:
+        return [verify_es256(c.key, c.to_be_signed, c.signature) for c in part]
+
+    if executor is None or len(candidates) <= chunk:
+        return run(candidates)
+    parts = [candidates[i:i + chunk] for i in range(0, len(candidates), chunk)]
+    return [ok for result in executor.map(run, parts) for ok in result]
+
+
+def decide(candidate: Candidate, verified: bool, state: DeviceState,
+           lookup: SeqLookup) -> Outcome:
+    """The stateful part: signature result, duplicates, replays, gaps and `prev` links.
+
+    The common case (the next seq of a device) needs no lookup: `state.last_hash` holds the
+    hash of the device's highest committed envelope.
+    """
+    reading = candidate.reading
+    dev = reading.dev
+    if not verified:
         return Rejected(BAD_SIGNATURE, "ES256 signature does not verify with the device key", dev)
-    envelope_hash = hashlib.sha256(data).digest()
-    seen = lookup(dev, reading.seq)
-    if seen is not None:
+    envelope_hash = hashlib.sha256(candidate.data).digest()
+    if reading.seq <= state.last_seq:
+        seen = lookup(dev, reading.seq)
         if seen == envelope_hash:
             return Duplicate(dev, reading.seq)
-        return Rejected(REPLAY_CONFLICT, f"seq {reading.seq} already committed with other bytes",
-                        dev)
+        if seen is not None:
+            return Rejected(REPLAY_CONFLICT,
+                            f"seq {reading.seq} already committed with other bytes", dev)
     return Accepted(reading, envelope_hash, _flags(reading, state, lookup))
+
+
+def validate_envelope(
+    data: bytes,
+    topic: DeviceTopic | None,
+    devices: Mapping[str, DeviceState],
+    lookup: SeqLookup,
+    *,
+    max_envelope: int = 64 * 1024,
+) -> Outcome:
+    """Decide what happens to one envelope. Never raises for bad input."""
+    candidate = precheck(data, topic, devices, max_envelope=max_envelope)
+    if isinstance(candidate, Rejected):
+        return candidate
+    state = devices[candidate.reading.dev]
+    return decide(candidate, verify_candidates([candidate])[0], state, lookup)
 
 
 def _flags(reading: Reading, state: DeviceState, lookup: SeqLookup) -> tuple[str, ...]:
@@ -128,8 +180,11 @@ def _flags(reading: Reading, state: DeviceState, lookup: SeqLookup) -> tuple[str
         flags.append(FLAG_GAP)
     elif reading.seq <= state.last_seq:
         flags.append(FLAG_LATE)
+    expected: bytes | None
     if reading.seq == 1:
-        expected: bytes | None = GENESIS_PREV
+        expected = GENESIS_PREV
+    elif reading.seq == state.last_seq + 1 and state.last_hash is not None:
+        expected = state.last_hash
     else:
         expected = lookup(reading.dev, reading.seq - 1)
     if expected is not None and expected != reading.prev:
