@@ -1,4 +1,4 @@
-"""`trustfleet agent run`: the edge agent of one truck or container.
+"""`trustfleet agent run` and `trustfleet agent status`: the edge agent of one truck or container.
 
 Environment (read here only): TRUSTFLEET_DEVICE_PIN or TRUSTFLEET_DEVICE_PIN_FILE for the
 device token's user PIN (unless --rig names a SoftHSM test rig), TRUSTFLEET_PKCS11_MODULE.
@@ -7,6 +7,7 @@ device token's user PIN (unless --rig names a SoftHSM test rig), TRUSTFLEET_PKCS
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ log = logging.getLogger("trustfleet.agent")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    agent = sub.add_parser("agent", help="run an edge agent")
+    agent = sub.add_parser("agent", help="run an edge agent, or show its outbox")
     agent_sub = agent.add_subparsers(dest="agent_command", required=True)
     run = agent_sub.add_parser(
         "run", help="read sensors, sign readings in the HSM, deliver them to the ledger",
@@ -34,16 +35,62 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--broker-port", type=int)
     run.add_argument("--gps-port", help="serial port speaking NMEA 0183 (or a pty)")
     run.add_argument("--w1-dir", type=Path, help="1-wire sysfs devices folder")
+    run.add_argument("--rfid-port", help="serial RFID reader, one tag per line (or a pty)")
+    run.add_argument("--i2c-bus", help="I2C bus of the ADXL345 (a number, or a shim socket)")
+    run.add_argument("--door-gpio", type=Path, help="GPIO value file of the door contact")
     run.add_argument("--rig", type=Path, help="SoftHSM test rig folder (PINs from its pins.json)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
+    status = agent_sub.add_parser(
+        "status", help="backlog, last seq and last receipt, read from an agent's outbox",
+        description="Read an agent's outbox (safe while the agent runs) and print one JSON "
+                    "object: backlog, unsealed, in_flight, last_seq, receipt_seq, "
+                    "receipt_height, receipt_at_ms, thinned, dropped, outbox_bytes.")
+    status.add_argument("--config", type=Path, help="TOML file with an [agent] table")
+    status.add_argument("--data", type=Path, dest="data_dir", help="agent data folder")
+    status.set_defaults(func=_status)
+
+
+def register_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Field engineers' tools at the top level: `trustfleet nmea-decode FILE`."""
+    from edge_agent import nmea_decode
+
+    nmea_decode.register(sub)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from edge_agent.status import read_status
+
+    data_dir: Path | None = args.data_dir
+    if data_dir is None and args.config is not None:
+        from trustfleet.tomlconfig import TomlConfigError, read_table
+
+        try:
+            table, _ = read_table(args.config, "agent")
+        except TomlConfigError as exc:
+            print(f"trustfleet agent status: {exc}", file=sys.stderr)
+            return 2
+        data_dir = Path(table.get("data_dir", "var/trucks/truck-1"))
+    if data_dir is None:
+        print("trustfleet agent status: give --data or --config", file=sys.stderr)
+        return 2
+    path = data_dir / "outbox.sqlite"
+    if not path.is_file():
+        print(f"trustfleet agent status: no outbox at {path}", file=sys.stderr)
+        return 1
+    try:
+        print(json.dumps(read_status(path)))
+    except EdgeAgentError as exc:
+        print(f"trustfleet agent status: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge_agent.agent import Collector, EdgeAgent, Polled
-    from edge_agent.collectors.gps_serial import SerialGpsCollector
-    from edge_agent.collectors.w1_temp import W1TemperatureCollector
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.clock import AgentClock
     from edge_agent.config import load_agent_config
+    from edge_agent.sensors import build_collectors
     from hsm import signer_from_settings
     from hsm.errors import HsmError
 
@@ -53,7 +100,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_agent_config(args.config, device_id=args.device_id, fleet=args.fleet,
                                 data_dir=args.data_dir, broker_host=args.broker_host,
                                 broker_port=args.broker_port, gps_port=args.gps_port,
-                                w1_dir=args.w1_dir,
+                                w1_dir=args.w1_dir, rfid_port=args.rfid_port,
+                                i2c_bus=args.i2c_bus, door_gpio=args.door_gpio,
                                 pkcs11_module=os.environ.get("TRUSTFLEET_PKCS11_MODULE"))
         signer = signer_from_settings(cfg.pkcs11_module, cfg.token, rig_dir=args.rig,
                                       pin_env="TRUSTFLEET_DEVICE_PIN",
@@ -62,16 +110,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"trustfleet agent: {exc}", file=sys.stderr)
         return 2
 
-    from edge_agent.clock import AgentClock
-
     clock = AgentClock()
-    collectors: list[Collector] = []
-    if cfg.gps_port:
-        collectors.append(SerialGpsCollector(cfg.gps_port, cfg.gps_baudrate))
-    if cfg.w1_dir:
-        w1 = W1TemperatureCollector(cfg.w1_dir, clock=clock.now)
-        collectors.append(Polled(w1.read, cfg.temp_interval_s, "w1"))
-    agent = EdgeAgent(cfg, signer, collectors, clock)
+    try:
+        agent = EdgeAgent(cfg, signer, build_collectors(cfg, clock), clock)
+    except EdgeAgentError as exc:
+        signer.close()
+        print(f"trustfleet agent: {exc}", file=sys.stderr)
+        return 2
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("%s: received %s, stopping", cfg.device_id, signal.Signals(signum).name)

@@ -6,13 +6,36 @@
     data_dir = "var/trucks/truck-1"
     broker_host = "127.0.0.1"
     broker_port = 1883
-    gps_port = "var/trucks/truck-1/gps.tty"   # serial port (or pty) speaking NMEA 0183
+    tls_ca = "/etc/trustfleet/fleet-ca.pem"   # optional: MQTT over TLS with these files
+    tls_cert = "/etc/trustfleet/device.pem"
+    tls_key = "/etc/trustfleet/device.key"
+    reconnect_min_s = 0.5          # broker reconnect: exponential backoff with jitter
+    reconnect_max_s = 30.0
+    # sensors (at least one)
+    gps_port = "/dev/ttyUSB0"      # serial port (or pty) speaking NMEA 0183
     gps_baudrate = 9600
     gps_interval_s = 1.0           # at most one GPS reading per interval
     w1_dir = "/sys/bus/w1/devices" # 1-wire sysfs devices folder (DS18B20 probes)
     temp_interval_s = 5.0
-    resend_after_s = 15.0          # resend a reading not receipted after this long
+    temp_low_c = 2.0               # outside [temp_low_c, temp_high_c] is an excursion:
+    temp_high_c = 8.0              #   such readings are never thinned
+    rfid_port = "/dev/ttyACM0"     # serial RFID reader, one tag per line
+    rfid_repeat_s = 10.0           # the same tag again within this is not a new scan
+    i2c_bus = "1"                  # ADXL345 accelerometer: /dev/i2c-N number
+    i2c_address = 83               # 0x53
+    shock_floor_g = 2.0            # report a window whose peak is at least this
+    shock_window_s = 1.0
+    door_gpio = "/sys/class/gpio/gpio17/value"  # door contact (1 = open unless active_low)
+    door_active_low = false
+    # delivery
+    resend_after_s = 15.0          # resend a reading not receipted after this long ...
+    resend_max_s = 120.0           # ... doubling per attempt up to this
     max_publish_per_s = 200        # drain rate for backlogs after an outage
+    window = 1000                  # sealed readings awaiting a receipt, at most
+    batch_max = 50                 # envelopes per MQTT message, at most
+    # outbox and self-report
+    outbox_max_mb = 128            # disk budget; see edge_agent.retention for the policy
+    status_interval_s = 60.0       # a `status` reading this often (0: never)
 
 Errors name the file, the line and the key.
 """
@@ -37,6 +60,11 @@ class AgentConfig:
     data_dir: Path = Path("var/trucks/truck-1")
     broker_host: str = "127.0.0.1"
     broker_port: int = 1883
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
     pkcs11_module: str = DEFAULT_PKCS11_MODULE
     token_label: str | None = None
     gps_port: str | None = None
@@ -44,8 +72,24 @@ class AgentConfig:
     gps_interval_s: float = 1.0
     w1_dir: Path | None = None
     temp_interval_s: float = 5.0
+    temp_low_c: float = 2.0
+    temp_high_c: float = 8.0
+    rfid_port: str | None = None
+    rfid_baudrate: int = 9600
+    rfid_repeat_s: float = 10.0
+    i2c_bus: str | None = None
+    i2c_address: int = 0x53
+    shock_floor_g: float = 2.0
+    shock_window_s: float = 1.0
+    door_gpio: Path | None = None
+    door_active_low: bool = False
     resend_after_s: float = 15.0
+    resend_max_s: float = 120.0
     max_publish_per_s: int = 200
+    window: int = 1000
+    batch_max: int = 50
+    outbox_max_mb: float = 128.0
+    status_interval_s: float = 60.0
 
     @property
     def token(self) -> str:
@@ -55,6 +99,10 @@ class AgentConfig:
     def outbox_path(self) -> Path:
         return self.data_dir / "outbox.sqlite"
 
+    @property
+    def outbox_max_bytes(self) -> int:
+        return int(self.outbox_max_mb * 1024 * 1024)
+
     def validate(self) -> AgentConfig:
         try:
             check_name(self.device_id, "device_id")
@@ -63,13 +111,34 @@ class AgentConfig:
             raise AgentConfigError(str(exc)) from None
         if not 1 <= self.broker_port <= 65535:
             raise AgentConfigError(f"broker_port {self.broker_port} is not a port number")
-        for name in ("gps_interval_s", "temp_interval_s", "resend_after_s"):
+        for name in ("gps_interval_s", "temp_interval_s", "resend_after_s", "resend_max_s",
+                     "reconnect_min_s", "reconnect_max_s", "shock_window_s"):
             if not 0.05 <= getattr(self, name) <= 86_400:
                 raise AgentConfigError(f"{name} must be between 0.05 and 86400 seconds")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise AgentConfigError("reconnect_min_s must not exceed reconnect_max_s")
+        if self.resend_max_s < self.resend_after_s:
+            raise AgentConfigError("resend_max_s must be at least resend_after_s")
+        if not (self.status_interval_s == 0 or 1 <= self.status_interval_s <= 86_400):
+            raise AgentConfigError("status_interval_s must be 0 (off) or 1..86400 seconds")
         if not 1 <= self.max_publish_per_s <= 100_000:
             raise AgentConfigError("max_publish_per_s must be between 1 and 100000")
-        if self.gps_port is None and self.w1_dir is None:
-            raise AgentConfigError("no sensor configured: set gps_port and/or w1_dir")
+        if not 1 <= self.window <= 100_000:
+            raise AgentConfigError("window must be between 1 and 100000")
+        if not 1 <= self.batch_max <= 1000:
+            raise AgentConfigError("batch_max must be between 1 and 1000 (envelopes/message)")
+        if not 1 <= self.outbox_max_mb <= 1_000_000:
+            raise AgentConfigError("outbox_max_mb must be between 1 and 1000000")
+        if self.temp_low_c >= self.temp_high_c:
+            raise AgentConfigError("temp_low_c must be below temp_high_c")
+        if not 0x03 <= self.i2c_address <= 0x77:
+            raise AgentConfigError("i2c_address must be a 7-bit address (3..119)")
+        if (self.tls_cert is None) != (self.tls_key is None) or (
+                self.tls_cert is not None and self.tls_ca is None):
+            raise AgentConfigError("tls_cert and tls_key go together, and need tls_ca")
+        if not any((self.gps_port, self.w1_dir, self.rfid_port, self.i2c_bus, self.door_gpio)):
+            raise AgentConfigError("no sensor configured: set gps_port, w1_dir, rfid_port, "
+                                   "i2c_bus and/or door_gpio")
         return self
 
 

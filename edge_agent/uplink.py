@@ -1,15 +1,30 @@
 """MQTT uplink of one device: publish envelopes (QoS 1), receive receipts.
 
-paho-mqtt runs its own network thread and reconnects by itself; received receipts are put on
-a queue for the agent's main loop, which alone touches the outbox. The uplink guarantees
-nothing about delivery: the outbox and ledger receipts do (see edge_agent.outbox).
+The uplink runs its own network thread over paho-mqtt's `loop()`: it connects, keeps the
+session alive, and after a lost or refused connection waits an exponential backoff with
+jitter (edge_agent.backoff) before the next attempt, so a fleet whose broker restarts does
+not reconnect in lock-step. The session is persistent (clean_start false, expiry 1 day), so
+QoS 1 messages in flight are resent by paho after a reconnect to the same broker; the
+receipt subscription is renewed on every connect in case the broker lost the session.
+
+Received receipts are put on a queue for the agent's main loop, which alone touches the
+outbox. The uplink guarantees nothing about delivery: the outbox and ledger receipts do
+(see edge_agent.outbox).
+
+Optional TLS: `tls_ca` (fleet CA bundle), `tls_cert` and `tls_key` (the device's client
+certificate and key files) turn on MQTT over TLS with a client certificate.
+
+Concurrency: `publish` is called from the agent's thread while the network thread runs
+paho's loop; paho serialises both with its own locks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -17,58 +32,110 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.backoff import Backoff
 from trustfleet.receipt import Receipt, decode_receipt
-from trustfleet.topics import receipt_topic, up_topic
+from trustfleet.topics import encode_batch, receipt_topic, up_topic
 
 log = logging.getLogger("trustfleet.agent")
 
+SESSION_EXPIRY_S = 86_400
+
 
 class Uplink:
-    def __init__(self, fleet: str, device_id: str, host: str, port: int) -> None:
+    def __init__(self, fleet: str, device_id: str, host: str, port: int, *,
+                 backoff: Backoff | None = None, tls_ca: Path | None = None,
+                 tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
         self.fleet, self.device_id = fleet, device_id
         self.host, self.port = host, port
         self.up = up_topic(fleet, device_id)
         self.receipts: queue.Queue[Receipt] = queue.Queue()
         self.connected = threading.Event()
+        self.backoff = backoff or Backoff(0.5, 30.0)
         self.bad_receipts = 0
-        self.stopping = False
+        self.connects = 0
+        self.sessions = 0  # successful CONNACKs: the agent goes back after each
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device_id}",
                                   protocol=mqtt.MQTTv5)
-        self.client.max_queued_messages_set(10_000)
+        self.client.max_queued_messages_set(0)  # the outbox bounds what is in flight
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        if tls_ca is not None:
+            self.client.tls_set(ca_certs=str(tls_ca),
+                                certfile=str(tls_cert) if tls_cert else None,
+                                keyfile=str(tls_key) if tls_key else None)
 
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 86_400
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False,
-                                  properties=props)
-        self.client.loop_start()
+        self._thread = threading.Thread(target=self._network, name="uplink", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        self.stopping = True
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._stop.set()
+        with contextlib.suppress(Exception):  # stopping; the socket may be gone already
+            self.client.disconnect()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
-    def publish(self, envelope: bytes) -> bool:
-        """Queue one envelope for QoS 1 delivery; False if the client refused it now."""
-        info = self.client.publish(self.up, envelope, qos=1)
+    def publish(self, envelopes: list[bytes]) -> bool:
+        """Queue envelopes as one QoS 1 message (a batch if several); False if refused now."""
+        if not self.connected.is_set():
+            return False
+        payload = envelopes[0] if len(envelopes) == 1 else encode_batch(envelopes)
+        info = self.client.publish(self.up, payload, qos=1)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
+    # -- network thread ---------------------------------------------------------------------
+    def _network(self) -> None:
+        first = True
+        while not self._stop.is_set():
+            if not first:
+                delay = self.backoff.next_delay()
+                log.info("%s: reconnecting to mqtt://%s:%d in %.1fs", self.device_id,
+                         self.host, self.port, delay)
+                if self._stop.wait(delay):
+                    break
+            first = False
+            try:
+                self._connect()
+            except (OSError, ValueError) as exc:
+                log.warning("%s: cannot reach broker mqtt://%s:%d: %s", self.device_id,
+                            self.host, self.port, exc)
+                continue
+            while not self._stop.is_set():
+                rc = self.client.loop(timeout=0.2)
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    break
+            self.connected.clear()
+
+    def _connect(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        if self.connects == 0:
+            self.client.connect(self.host, self.port, keepalive=30, clean_start=False,
+                                properties=props)
+        else:
+            self.client.reconnect()
+        self.connects += 1
+
+    # -- paho callbacks (network thread) ----------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
         if reason.is_failure:
             log.error("%s: broker refused connection: %s", self.device_id, reason)
+            client.disconnect()
             return
         client.subscribe(receipt_topic(self.fleet, self.device_id), qos=1)
+        self.backoff.reset()
+        self.sessions += 1
         self.connected.set()
-        log.info("%s: connected to mqtt://%s:%d", self.device_id, self.host, self.port)
+        log.info("%s: connected to mqtt://%s:%d (session present: %s)", self.device_id,
+                 self.host, self.port, getattr(flags, "session_present", "?"))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
-        if self.connected.is_set() and not self.stopping:
+        if self.connected.is_set() and not self._stop.is_set():
             log.warning("%s: disconnected from broker (%s); will reconnect", self.device_id,
                         reason)
         self.connected.clear()

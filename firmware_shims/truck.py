@@ -4,6 +4,7 @@ Layout under ``DIR``::
 
     DIR/gps.tty          symlink to the pty slave (/dev/pts/N) speaking NMEA at 9600 baud
     DIR/w1/28-.../w1_slave   DS18B20 probes, rewritten every ``interval`` seconds
+    DIR/gpio/gpio17/value    door contact, and DIR/rfid.tty an RFID reader (--scenario only)
 
 Command line (registered under the umbrella CLI by :func:`register`)::
 
@@ -26,10 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from firmware_shims.gpio_sysfs import GpioLineShim
 from firmware_shims.nmea_pty import NmeaPtyShim
+from firmware_shims.rfid_reader import RfidReaderShim
+from firmware_shims.scenario import Scenario, ScenarioDriver, load_scenario
 from firmware_shims.w1_sysfs import W1SysfsShim
 
-__all__ = ["TruckShimInfo", "register", "run_truck_shim"]
+__all__ = ["DOOR_GPIO", "TruckShimInfo", "register", "run_truck_shim"]
+
+DOOR_GPIO = 17
 
 
 @dataclass(frozen=True)
@@ -59,13 +65,15 @@ def run_truck_shim(
     speedup: float = 1.0,
     probes: int = 2,
     on_ready: Callable[[TruckShimInfo], None] | None = None,
+    scenario: Scenario | None = None,
 ) -> None:
     """Run truck ``index``'s devices under ``dir`` until ``stop`` is set.
 
     GPS: the synthetic route of truck ``index`` (or ``replay``, a gpsfake log, looping),
     one epoch per ``interval`` device seconds, ``speedup`` times faster than real time.
     Temperatures follow ``cold_chain_profile`` of the wall clock, rewritten as often as
-    GPS epochs are.
+    GPS epochs are. With a ``scenario``, temperatures follow it instead, and a door contact
+    (``DIR/gpio/gpio17/value``) and a serial RFID reader (``DIR/rfid.tty``) play its script.
     """
     root = Path(dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -74,13 +82,34 @@ def run_truck_shim(
         gps = NmeaPtyShim.replay(replay, interval=interval, speedup=speedup, link=link)
     else:
         gps = NmeaPtyShim.synthetic(index, interval=interval, speedup=speedup, link=link)
-    w1 = W1SysfsShim(root / "w1", index=index, count=probes).create()
-    w1.update(time.time())
-    with gps:
+    if scenario is None:
+        w1 = W1SysfsShim(root / "w1", index=index, count=probes).create()
+        w1.update(time.time())
+        with gps:
+            if on_ready is not None:
+                on_ready(TruckShimInfo(index, link, gps.device_path, w1.base_dir,
+                                       tuple(w1.probes)))
+            while not stop.wait(interval / speedup):
+                w1.update(time.time())
+        return
+    # A scripted trip: temperatures, door line and RFID reader follow the scenario's clock.
+    started = time.monotonic()
+    w1 = W1SysfsShim(root / "w1", index=index, count=probes,
+                     profile=scenario.temperature).create()
+    w1.update(0.0)
+    driver = ScenarioDriver(scenario, GpioLineShim(root / "gpio", DOOR_GPIO).create(),
+                            RfidReaderShim(link=root / "rfid.tty"))
+    assert driver.reader is not None
+    with gps, driver.reader:
         if on_ready is not None:
             on_ready(TruckShimInfo(index, link, gps.device_path, w1.base_dir, tuple(w1.probes)))
-        while not stop.wait(interval / speedup):
-            w1.update(time.time())
+        while not stop.wait(min(interval, 0.5) / speedup):
+            t_s = (time.monotonic() - started) * speedup
+            w1.update(t_s)
+            driver.step(t_s)
+            while driver.log:
+                print(f"truck {index} scenario {scenario.name}: {driver.log.pop(0)}",
+                      flush=True)
 
 
 def _cmd_truck(args: argparse.Namespace) -> int:
@@ -105,6 +134,7 @@ def _cmd_truck(args: argparse.Namespace) -> int:
             speedup=args.speedup,
             probes=args.probes,
             on_ready=on_ready,
+            scenario=load_scenario(args.scenario) if args.scenario else None,
         )
     except (OSError, ValueError) as err:
         print(f"shim truck: {err}", file=sys.stderr, flush=True)
@@ -144,4 +174,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     truck.add_argument("--replay", type=Path, help="replay this gpsfake log instead")
     truck.add_argument("--probes", type=_count, default=2, help="DS18B20 probes on the bus")
+    truck.add_argument("--scenario", type=Path,
+                       help="trip scenario (YAML): excursions, door (DIR/gpio/gpio17/value), "
+                            "RFID scans (DIR/rfid.tty)")
     truck.set_defaults(func=_cmd_truck)

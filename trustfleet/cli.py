@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_cli.register(sub)
     hsm_cli.register(sub)
     shim_cli.register(sub)
+    agent_cli.register_tools(sub)
     return parser
 
 

@@ -4,7 +4,8 @@ Starts and supervises, all under one data folder (default ./var):
   broker/        Mosquitto on a free loopback port, persistence on
   hsm/           a SoftHSM2 rig: one token per truck and one for the node, keys made inside
   node-1/        one ledger node (solo ordering, SQLite), API and dashboard on localhost
-  trucks/NAME/   per truck: a firmware shim (NMEA pty + 1-wire tree) and an edge agent
+  trucks/NAME/   per truck: a firmware shim (NMEA pty + 1-wire tree; with --scenario also an
+                 RFID reader pty and a door GPIO line playing the trip) and an edge agent
   logs/          one log file per process
 Ports are remembered in ports.json and reused when free. Ctrl-C or SIGTERM stops everything
 in order (agents first, so their outboxes are flushed) and leaves the data on disk; running
@@ -47,6 +48,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="stop by itself after this many seconds (default: run until stopped)")
     up.add_argument("--gps-interval", type=float, default=1.0,
                     help="seconds between GPS readings per truck (1.0)")
+    up.add_argument("--scenario", type=Path, default=None,
+                    help="trip scenario (YAML) every truck plays: temperature excursions, "
+                         "door openings, RFID scans (e.g. firmware_shims/scenarios/*.yaml)")
     up.set_defaults(func=run_up)
 
 
@@ -74,6 +78,7 @@ class Fleet:
     api_port: int
     mqtt_port: int
     gps_interval: float
+    scenario: Path | None = None
     broker: subprocess.Popen[bytes] | None = None
     children: list[Child] = field(default_factory=list)
 
@@ -140,8 +145,9 @@ def start_fleet(fleet: Fleet) -> None:
              log_file=node.log)
     for i, name in enumerate(names, start=1):
         truck_dir = data / "trucks" / name
+        scenario = ["--scenario", str(fleet.scenario)] if fleet.scenario else []
         shim = Child(f"{name}-shim", _cli("shim", "truck", "--dir", str(truck_dir), "--index",
-                                          str(i)), logs / f"{name}-shim.log")
+                                          str(i), *scenario), logs / f"{name}-shim.log")
         shim.start()
         fleet.children.append(shim)
         wait_for(lambda d=truck_dir: (d / "gps.tty").exists(), 20, f"{name} GPS pty",  # type: ignore[misc]
@@ -150,9 +156,18 @@ def start_fleet(fleet: Fleet) -> None:
                                  "--data", str(truck_dir), "--gps-port",
                                  str(truck_dir / "gps.tty"), "--w1-dir", str(truck_dir / "w1"),
                                  "--rig", str(data / "hsm"), "--broker-port",
-                                 str(fleet.mqtt_port)), logs / f"{name}.log")
+                                 str(fleet.mqtt_port), *_scenario_sensors(fleet, truck_dir)),
+                      logs / f"{name}.log")
         agent.start()
         fleet.children.append(agent)
+
+
+def _scenario_sensors(fleet: Fleet, truck_dir: Path) -> list[str]:
+    """The extra devices a scenario's shim provides: an RFID reader and a door contact."""
+    if fleet.scenario is None:
+        return []
+    return ["--rfid-port", str(truck_dir / "rfid.tty"), "--door-gpio",
+            str(truck_dir / "gpio" / "gpio17" / "value")]
 
 
 def stop_fleet(fleet: Fleet) -> None:
@@ -204,8 +219,17 @@ def run_up(args: argparse.Namespace) -> int:
     if not 1 <= args.trucks <= 200:
         print("trustfleet up: --trucks must be between 1 and 200", file=sys.stderr)
         return 2
+    scenario = args.scenario.resolve() if args.scenario else None
+    if scenario is not None:
+        from firmware_shims.scenario import load_scenario
+
+        try:
+            load_scenario(scenario)
+        except ValueError as exc:
+            print(f"trustfleet up: {exc}", file=sys.stderr)
+            return 2
     api_port, mqtt_port = _ports(data, args.api_port, args.mqtt_port)
-    fleet = Fleet(data, args.trucks, api_port, mqtt_port, args.gps_interval)
+    fleet = Fleet(data, args.trucks, api_port, mqtt_port, args.gps_interval, scenario)
     stopping = {"flag": False}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

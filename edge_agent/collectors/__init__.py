@@ -4,7 +4,10 @@
 - ``errors``: the collector error tree (``CollectorError`` and its subclasses);
 - ``nmea``: pure NMEA 0183 parsing (``NmeaAssembler``);
 - ``gps_serial``: GPS on a serial port (``SerialGpsCollector``, needs pyserial);
-- ``w1_temp``: DS18B20 probes on the Linux 1-wire bus (``W1TemperatureCollector``).
+- ``w1_temp``: DS18B20 probes on the Linux 1-wire bus (``W1TemperatureCollector``);
+- ``rfid_serial`` and ``epc``: a serial RFID reader, EPCs decoded by epcpy (needs epcpy);
+- ``shock_i2c``: an ADXL345 accelerometer over I2C, peak g per window (smbus2 on a device);
+- ``door_gpio``: a door contact on a sysfs GPIO line.
 
 Importing this package loads only the light shared types below.
 """
