@@ -1,4 +1,9 @@
-"""`trustfleet hsm ...`: create and inspect SoftHSM2 test rigs.
+"""`trustfleet hsm ...`: create and inspect SoftHSM2 test rigs, the fleet CA and certificates.
+
+    init-rig, list     tokens with P-256 keys (hsm.rig)
+    ca-init            the fleet-ca token and RIG/ca.pem (hsm.certstore)
+    issue              a certificate for a token's key, issued by the fleet-ca token
+    show-cert          print a certificate; with --ca, check it (hsm.certcheck)
 
 The umbrella CLI calls `register(subparsers)`. This is an entry point: it reads
 TRUSTFLEET_PKCS11_MODULE (the PKCS#11 module path; default the SoftHSM2 one).
@@ -9,10 +14,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-from hsm.errors import HsmError
+from hsm.certcheck import check_certificate, describe_certificate
+from hsm.certstore import (
+    DEFAULT_CA_DAYS,
+    DEFAULT_CA_NAME,
+    DEFAULT_CERT_DAYS,
+    ca_certificate_path,
+    ensure_ca,
+    issue_for_token,
+)
+from hsm.errors import CertificateRejected, HsmError
 from hsm.rig import MODULE_ENV, SoftHsmRig, TokenInfo, module_path_from_env
+from hsm.x509 import ROLES, der_to_pem, pem_or_der_to_der
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,6 +68,110 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     show.add_argument("--dir", type=Path, required=True, metavar="DIR", help="rig folder")
     show.set_defaults(func=cmd_list)
+    _register_ca(commands)
+
+
+def _register_ca(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ca = commands.add_parser(
+        "ca-init",
+        help="create the fleet CA (token fleet-ca, RIG/ca.pem); idempotent",
+        description=(
+            "Create the token fleet-ca with a P-256 key generated inside it (sensitive, never "
+            "extractable) and a self-signed CA certificate RIG/ca.pem. Running it again keeps a "
+            "valid certificate as it is; one ending within 30 days is renewed with the same key."
+        ),
+    )
+    ca.add_argument("--dir", type=Path, required=True, metavar="RIG", help="rig folder")
+    ca.add_argument("--name", default=DEFAULT_CA_NAME, help="CA common name (%(default)s)")
+    ca.add_argument("--days", type=int, default=DEFAULT_CA_DAYS, help="validity (%(default)s)")
+    ca.set_defaults(func=cmd_ca_init)
+
+    issue = commands.add_parser(
+        "issue",
+        help="issue a certificate for a token's key (CSR signed in the token)",
+        description=(
+            "The token LABEL signs a CSR for its key; the fleet-ca token issues the certificate "
+            "(run ca-init first). Writes PEM, or DER if FILE ends in .der."
+        ),
+    )
+    issue.add_argument("--dir", type=Path, required=True, metavar="RIG", help="rig folder")
+    issue.add_argument("--token", required=True, metavar="LABEL", help="token label")
+    issue.add_argument("--role", required=True, choices=ROLES, help="certificate role")
+    issue.add_argument("--id", metavar="ID", help="subject id (default: the token label)")
+    issue.add_argument(
+        "--days", type=int, default=DEFAULT_CERT_DAYS, help="validity (%(default)s)"
+    )
+    issue.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file")
+    issue.set_defaults(func=cmd_issue)
+
+    show = commands.add_parser(
+        "show-cert",
+        help="print a certificate (PEM or DER); with --ca, check it",
+        description=(
+            "Print a certificate's subject, role, validity, kid and fingerprint. With --ca, also "
+            "check it against that fleet CA certificate as a ledger node would (exit 1 and the "
+            "reason if it is rejected)."
+        ),
+    )
+    show.add_argument("file", type=Path, metavar="FILE", help="certificate (PEM or DER)")
+    show.add_argument("--ca", type=Path, metavar="CA", help="fleet CA certificate to check with")
+    show.add_argument("--at-ms", type=int, metavar="MS", help="check time (default: now)")
+    show.set_defaults(func=cmd_show_cert)
+
+
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    try:
+        rig = SoftHsmRig(args.dir, module_path_from_env())
+        der, created = ensure_ca(rig, name=args.name, days=args.days)
+        info = describe_certificate(der)
+    except (HsmError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    path = ca_certificate_path(rig)
+    state = "created" if created else "kept (still valid)"
+    print(f"{path}\t{info['subject']}\tkid {info['kid']}")
+    print(f"fleet CA certificate {state}; valid until {info['not_after']}", file=sys.stderr)
+    if not created and args.name != DEFAULT_CA_NAME and f"CN={args.name}," not in info["subject"]:
+        print("note: --name applies only when a certificate is made", file=sys.stderr)
+    return 0
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    try:
+        rig = SoftHsmRig(args.dir, module_path_from_env())
+        der = issue_for_token(rig, args.token, args.role, subject_id=args.id, days=args.days)
+        data = der if args.out.suffix == ".der" else der_to_pem(der).encode()
+        args.out.write_bytes(data)
+        info = describe_certificate(der)
+    except (HsmError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.out}\t{info['subject_id']}\t{args.role}\tkid {info['kid']}")
+    return 0
+
+
+def cmd_show_cert(args: argparse.Namespace) -> int:
+    try:
+        der = pem_or_der_to_der(args.file.read_bytes())
+        info = describe_certificate(der)
+        for key, value in info.items():
+            shown = ", ".join(value) if isinstance(value, list) else value
+            print(f"{key:14} {shown}")
+        if args.ca is None:
+            return 0
+        ca_der = pem_or_der_to_der(args.ca.read_bytes())
+        roles = info["roles"]
+        at_ms = args.at_ms if args.at_ms is not None else int(time.time() * 1000)
+        check_certificate(der, ca_der, expected_id=None,
+                          expected_role=roles[0] if len(roles) == 1 else "device", at_ms=at_ms)
+    except CertificateRejected as exc:
+        print(f"REJECTED {exc}", file=sys.stderr)
+        return 1
+    except (HsmError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'check':14} OK (chains to {args.ca})")
+    return 0
 
 
 def cmd_init_rig(args: argparse.Namespace) -> int:

@@ -9,7 +9,10 @@
     ├── KeyNotFound           no key with that label on the token (or it changed)
     ├── BadPublicKey          bytes that are not a canonical P-256 SubjectPublicKeyInfo
     ├── MechanismUnsupported  the token cannot do ECDSA P-256 (or another needed mechanism)
-    └── SessionLost           the session or token went away; `retryable` is True
+    ├── SessionLost           the session or token went away; `retryable` is True
+    ├── CertificateRejected   a certificate the fleet must not trust; `reason` (CERT_REASONS)
+    ├── CsrRejected           the CA refused a CSR; `reason` (CSR_REASONS)
+    └── CaCertificateInvalid  the fleet CA certificate (trust anchor) or CA key is unusable
 
 `translate(exc)` maps every `pkcs11.exceptions` type exactly once (see `_GROUPS`); call it
 only where a python-pkcs11 call enters our code, and raise its result `from` the original.
@@ -64,6 +67,55 @@ class SessionLost(HsmError):
     """The PKCS#11 session or the token went away. Retrying later may succeed."""
 
     retryable: ClassVar[bool] = True
+
+
+# Machine-readable reasons of CertificateRejected (hsm.certcheck.check_certificate).
+CERT_REASONS: Final = frozenset(
+    {
+        "cert_malformed",  # not a strict-DER v3 certificate we can read, or a non-canonical one
+        "cert_chain",  # not signed by the fleet CA, wrong issuer / AKI, or the CA not valid then
+        "cert_expired",
+        "cert_not_yet_valid",
+        "cert_key_usage",  # not keyUsage digitalSignature only, or basicConstraints CA:TRUE
+        "cert_role",  # no single TrustFleet role, or not the expected one
+        "cert_wrong_device",  # subject CN is not the expected id
+        "cert_bad_algorithm",  # signature not ES256, or subject key not P-256
+    }
+)
+# Machine-readable reasons of CsrRejected (hsm.ca.FleetCA.issue).
+CSR_REASONS: Final = frozenset(
+    {
+        "csr_malformed",  # not a strict-DER PKCS#10 request, or no single valid CN
+        "csr_bad_algorithm",  # not ES256 / P-256
+        "csr_signature",  # the request's self-signature does not verify
+        "csr_wrong_id",  # CN is not the id the caller expected
+        "csr_wrong_key",  # key is not the one the caller expected
+    }
+)
+
+
+class CertificateRejected(HsmError):
+    """A certificate the fleet must not trust. `reason` is one of CERT_REASONS."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in CERT_REASONS:
+            raise ValueError(f"unknown certificate rejection reason {reason!r}")
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class CsrRejected(HsmError):
+    """The fleet CA refused a certificate signing request. `reason` is one of CSR_REASONS."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in CSR_REASONS:
+            raise ValueError(f"unknown CSR rejection reason {reason!r}")
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class CaCertificateInvalid(HsmError):
+    """The fleet CA certificate is unusable as a trust anchor, or does not match the CA key."""
 
 
 _TOKEN_HINT: Final = "check the token label (`trustfleet hsm list --dir DIR` shows a rig's tokens)"
