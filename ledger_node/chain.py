@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 
 from hsm import Signer
 from ledger_node import entries as entry_types
+from ledger_node.admin import (
+    AdminRejected,
+    apply_operator_entry,
+    decode_operator_entry,
+    is_operator_entry,
+)
 from ledger_node.block import ZERO_HASH, BlockHeader
 from ledger_node.errors import LedgerError
 from ledger_node.merkle import CompactRange, leaf_hash
@@ -36,7 +42,8 @@ from ledger_node.validate import (
     precheck,
     verify_candidates,
 )
-from trustfleet.errors import WireError
+from trustfleet import cbor
+from trustfleet.errors import BAD_PAYLOAD, WireError
 from trustfleet.topics import parse_up_topic, split_message
 
 log = logging.getLogger(__name__)
@@ -75,6 +82,25 @@ class ApplyResult:
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)
+    admin: list[AdminOutcome] = field(default_factory=list)
+
+
+ADMIN_ACCEPTED = "accepted"
+ADMIN_DUPLICATE = "duplicate"
+ADMIN_REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class AdminOutcome:
+    """What became of one administrative entry; `state` is the device state it leads to."""
+
+    entry_hash: bytes
+    kind: str
+    status: str
+    reason: str = ""
+    detail: str = ""
+    dev: str | None = None
+    state: DeviceState | None = None
 
 
 class Chain:
@@ -90,6 +116,8 @@ class Chain:
         self.devices: dict[str, DeviceState] = store.load_devices()
         for state in self.devices.values():
             state.last_hash = store.reading_hash(state.dev, state.last_seq)
+        self.ca_cert: bytes | None = None
+        self._rebuild_admin_state()
         tip = store.tip()
         if tip is None:
             self.height, self.tip_hash, self.time = -1, ZERO_HASH, 0
@@ -136,15 +164,17 @@ class Chain:
         height = self.height + 1
 
         for entry in batch.admin:
-            kind = entry_types.admin_kind(entry)
-            if kind == entry_types.DEVICE_ENROLLED:
-                rec = entry_types.decode_admin(entry)
-                if rec["dev"] in view:
-                    continue
-                devices[rec["dev"]] = DeviceState(dev=rec["dev"], fleet=rec["fleet"],
-                                                  key=rec["key"], kid=rec["kid"],
-                                                  enrolled_height=height)
-            new_entries.append((kind, entry))
+            done = self._admin(entry, view, height, time, empty_chain=first == 0
+                               and not new_entries)
+            result.admin.append(done)
+            if done.state is not None:
+                devices[done.state.dev] = done.state
+            if done.status == ADMIN_ACCEPTED:
+                new_entries.append((done.kind, entry))
+            elif done.status == ADMIN_REJECTED:
+                quarantine.append(_quarantine(Message("admin", entry, batch.time), entry,
+                                              done.reason, done.detail, done.dev))
+                result.rejected[done.reason] = result.rejected.get(done.reason, 0) + 1
 
         # Phase 1: parse and stateless checks; phase 2: signatures, in parallel when the
         # chain has an executor; phase 3: in batch order, the stateful checks.
@@ -156,7 +186,8 @@ class Chain:
             except WireError as exc:
                 checked.append((msg, msg.payload, Rejected(exc.reason, exc.detail, None)))
                 continue
-            checked.extend((msg, data, precheck(data, topic, view)) for data in envelopes)
+            checked.extend((msg, data, precheck(data, topic, view, at_ms=time))
+                           for data in envelopes)
         candidates = [c for _, _, c in checked if isinstance(c, Candidate)]
         verified = iter(verify_candidates(candidates, self.executor))
 
@@ -211,6 +242,74 @@ class Chain:
         result.header, result.header_bytes = header, header_bytes
         result.block_hash, result.signature = block_hash, signature
         return result
+
+
+    def _admin(self, entry: bytes, view: Mapping[str, DeviceState], height: int, time: int,
+               *, empty_chain: bool) -> AdminOutcome:
+        """Check one administrative entry at ledger time `time`; never raises for bad input."""
+        entry_hash = hashlib.sha256(entry).digest()
+        try:
+            kind = entry_types.admin_kind(entry)
+        except (ValueError, WireError) as exc:
+            return AdminOutcome(entry_hash, "unknown", ADMIN_REJECTED, BAD_PAYLOAD, str(exc))
+        if kind == entry_types.GENESIS:
+            if not empty_chain:
+                return AdminOutcome(entry_hash, kind, ADMIN_REJECTED, BAD_PAYLOAD,
+                                    "a genesis entry can only start an empty chain")
+            self.ca_cert = entry_types.decode_admin(entry).get("ca")
+            return AdminOutcome(entry_hash, kind, ADMIN_ACCEPTED)
+        if kind == entry_types.DEVICE_ENROLLED and entry[:1] and 0xA0 <= entry[0] <= 0xBF:
+            rec = entry_types.decode_admin(entry)  # deprecated node-made enrolment
+            if rec["dev"] in view:
+                return AdminOutcome(entry_hash, kind, ADMIN_DUPLICATE, dev=rec["dev"])
+            state = DeviceState(dev=rec["dev"], fleet=rec["fleet"], key=rec["key"],
+                                kid=rec["kid"], enrolled_height=height)
+            return AdminOutcome(entry_hash, kind, ADMIN_ACCEPTED, dev=rec["dev"], state=state)
+        try:
+            op = decode_operator_entry(entry, self.ca_cert, time)
+            applied = apply_operator_entry(op, view, self.ca_cert or b"", height, time)
+        except AdminRejected as exc:
+            return AdminOutcome(entry_hash, kind, ADMIN_REJECTED, exc.reason, exc.detail,
+                                dev=_dev_of(entry))
+        status = ADMIN_DUPLICATE if applied.duplicate else ADMIN_ACCEPTED
+        return AdminOutcome(entry_hash, kind, status, dev=applied.state.dev,
+                            state=None if applied.duplicate else applied.state)
+
+    def _rebuild_admin_state(self) -> None:
+        """Certificate validity, retired keys and revocation times, replayed from the log."""
+        genesis = self.store.entry(0)
+        if genesis is None:
+            return
+        self.ca_cert = entry_types.decode_admin(genesis).get("ca")
+        rebuilt: dict[str, DeviceState] = {}
+        for data, height, time in self.store.admin_entries():
+            if self.ca_cert is None or not is_operator_entry(data):
+                continue
+            try:
+                op = decode_operator_entry(data, self.ca_cert, time)
+                applied = apply_operator_entry(op, rebuilt, self.ca_cert, height, time)
+            except AdminRejected as exc:
+                raise LedgerError(f"committed operator entry in block {height} no longer "
+                                  f"checks: {exc}") from None
+            rebuilt[applied.state.dev] = applied.state
+        for dev, derived in rebuilt.items():
+            state = self.devices.get(dev)
+            if state is not None:
+                state.cert_not_before = derived.cert_not_before
+                state.cert_not_after = derived.cert_not_after
+                state.retired_kids = derived.retired_kids
+                state.revoked_time = derived.revoked_time
+
+
+def _dev_of(entry: bytes) -> str | None:
+    try:
+        from trustfleet.cose import decode_sign1
+
+        body = cbor.loads_strict(decode_sign1(entry).payload)
+    except WireError:
+        return None
+    dev = body.get("dev") if isinstance(body, dict) else None
+    return dev if isinstance(dev, str) else None
 
 
 class _Overlay(dict[str, DeviceState]):

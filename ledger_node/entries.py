@@ -1,43 +1,58 @@
-"""Administrative ledger entries (DESIGN.md §5): deterministic CBOR maps with a "type".
+"""The kinds of ledger entries (DESIGN.md §5) and the node's own entries.
 
-Reading entries are the device's COSE_Sign1 bytes, unchanged, so a partner can check a
-reading's inclusion proof with nothing but the bytes the device signed. Administrative
-entries are CBOR maps, which a COSE_Sign1 (a tag or an array) can never be.
+    reading          a device's COSE_Sign1 envelope, byte for byte as the device signed it
+    device_enrolled, device_revoked, device_rotated
+                     operator entries: COSE_Sign1 carrying the operator certificate
+                     (see ledger_node.admin)
+    genesis          written by the node that starts a chain: a deterministic CBOR map
+                     {"type": "genesis", "chain": str, "node": node id, "node_key": SPKI DER,
+                      "ca": fleet CA certificate DER, "time": ms}
 
-    {"type": "genesis", "chain": str, "node": node id, "node_key": SPKI DER, "time": ms}
-    {"type": "device_enrolled", "dev": str, "fleet": str, "key": SPKI DER, "kid": SHA-256(key)}
+A CBOR map can never be a COSE_Sign1 (a tag or an array), and an operator entry is told from
+a reading by the x5chain in its protected header.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Final
 
 from trustfleet import cbor
 
 GENESIS: Final = "genesis"
-DEVICE_ENROLLED: Final = "device_enrolled"
 KIND_READING: Final = "reading"
+DEVICE_ENROLLED: Final = "device_enrolled"
+DEVICE_REVOKED: Final = "device_revoked"
+DEVICE_ROTATED: Final = "device_rotated"
 
 
-def genesis(chain: str, node_id: str, node_key: bytes, time_ms: int) -> bytes:
+def genesis(chain: str, node_id: str, node_key: bytes, time_ms: int,
+            ca_cert: bytes | None = None) -> bytes:
     return cbor.dumps({"type": GENESIS, "chain": chain, "node": node_id, "node_key": node_key,
-                       "time": time_ms})
+                       "ca": ca_cert, "time": time_ms})
 
 
 def device_enrolled(dev: str, fleet: str, key: bytes) -> bytes:
+    """DEPRECATED node-made enrolment (no certificate, no operator): being replaced by operator
+    entries (ledger_node.admin); kept only until every caller has moved."""
+    import hashlib
+
     return cbor.dumps({"type": DEVICE_ENROLLED, "dev": dev, "fleet": fleet, "key": key,
                        "kid": hashlib.sha256(key).digest()})
 
 
 def admin_kind(entry: bytes) -> str:
-    """"reading" for an envelope, else the admin entry's type (first byte tells a CBOR map)."""
+    """The kind of an entry: "reading", "genesis", or an operator entry's type."""
     if entry[:1] and 0xA0 <= entry[0] <= 0xBF:
         return str(decode_admin(entry)["type"])
+    from ledger_node.admin import is_operator_entry, operator_entry_type
+
+    if is_operator_entry(entry):
+        return operator_entry_type(entry)
     return KIND_READING
 
 
 def decode_admin(entry: bytes) -> dict[str, Any]:
+    """A node-made entry (a CBOR map with a type)."""
     value = cbor.loads_strict(entry, max_size=64 * 1024)
     if not isinstance(value, dict) or not isinstance(value.get("type"), str):
         raise ValueError("administrative entry must be a map with a type")

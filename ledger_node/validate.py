@@ -27,6 +27,9 @@ KID_MISMATCH: Final = "kid_mismatch"
 TOPIC_MISMATCH: Final = "topic_mismatch"
 BAD_SIGNATURE: Final = "bad_signature"
 REPLAY_CONFLICT: Final = "replay_conflict"
+ROTATED_KEY: Final = "rotated_key"
+CERT_EXPIRED: Final = "cert_expired"
+CERT_NOT_YET_VALID: Final = "cert_not_yet_valid"
 BAD_TOPIC: Final = "bad_topic"
 
 FLAG_GAP: Final = "gap"
@@ -54,6 +57,11 @@ class DeviceState:
     # Not stored: the SHA-256 of the envelope with seq == last_seq, filled in when a chain is
     # loaded, so the next reading's `prev` is checked without a lookup.
     last_hash: bytes | None = field(default=None, compare=False)
+    # Also rebuilt from the log's administrative entries when a chain is loaded:
+    cert_not_before: int | None = field(default=None, compare=False)
+    cert_not_after: int | None = field(default=None, compare=False)
+    revoked_time: int | None = field(default=None, compare=False)
+    retired_kids: frozenset[bytes] = field(default=frozenset(), compare=False)
 
 
 SeqLookup = Callable[[str, int], bytes | None]
@@ -95,8 +103,11 @@ class Candidate:
 
 
 def precheck(data: bytes, topic: DeviceTopic | None, devices: Mapping[str, DeviceState], *,
-             max_envelope: int = 64 * 1024) -> Candidate | Rejected:
-    """Parse the envelope and check everything that needs no signature and no history."""
+             at_ms: int | None = None, max_envelope: int = 64 * 1024) -> Candidate | Rejected:
+    """Parse the envelope and check everything that needs no signature and no history.
+
+    `at_ms` is the ledger time of the block: the device's certificate must be valid then.
+    """
     try:
         msg = decode_sign1(data, max_size=max_envelope)
         reading = decode_payload(msg.payload)
@@ -114,8 +125,14 @@ def precheck(data: bytes, topic: DeviceTopic | None, devices: Mapping[str, Devic
         return Rejected(TOPIC_MISMATCH, f"device {dev!r} belongs to fleet {state.fleet!r}", dev)
     if state.revoked_height is not None:
         return Rejected(REVOKED_DEVICE, f"device {dev!r} was revoked", dev)
+    if msg.kid in state.retired_kids:
+        return Rejected(ROTATED_KEY, "signed with a key this device rotated away from", dev)
     if msg.kid != state.kid:
         return Rejected(KID_MISMATCH, "kid is not the enrolled key of this device", dev)
+    if at_ms is not None and state.cert_not_after is not None and at_ms > state.cert_not_after:
+        return Rejected(CERT_EXPIRED, f"device certificate expired at {state.cert_not_after}", dev)
+    if at_ms is not None and state.cert_not_before is not None and at_ms < state.cert_not_before:
+        return Rejected(CERT_NOT_YET_VALID, "device certificate is not valid yet", dev)
     if not is_low_s(msg.signature):
         return Rejected(BAD_SIGNATURE, "signature not in low-S form (malleated copy?)", dev)
     return Candidate(data, reading, msg.to_be_signed(), msg.signature, state.key)
@@ -164,10 +181,11 @@ def validate_envelope(
     devices: Mapping[str, DeviceState],
     lookup: SeqLookup,
     *,
+    at_ms: int | None = None,
     max_envelope: int = 64 * 1024,
 ) -> Outcome:
     """Decide what happens to one envelope. Never raises for bad input."""
-    candidate = precheck(data, topic, devices, max_envelope=max_envelope)
+    candidate = precheck(data, topic, devices, at_ms=at_ms, max_envelope=max_envelope)
     if isinstance(candidate, Rejected):
         return candidate
     state = devices[candidate.reading.dev]

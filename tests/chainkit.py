@@ -10,6 +10,7 @@ from ledger_node.chain import ApplyResult, Chain, Message, OrderedBatch
 from ledger_node.store import Store
 from trustfleet.cose import sign1
 from trustfleet.payload import GENESIS_PREV, Reading, encode_payload
+from tests.pki import SoftPKI
 from trustfleet.topics import up_topic
 
 FLEET = "test"
@@ -41,17 +42,20 @@ class Device:
 
 
 class ChainUnderTest:
-    """A chain with a genesis block and enrolled devices, on a real SQLite file."""
+    """A chain whose genesis names a (software) fleet CA, with devices enrolled by operator
+    entries, on a real SQLite file."""
 
-    def __init__(self, path: Path, devices: list[Device]) -> None:
+    def __init__(self, path: Path, devices: list[Device], pki: SoftPKI | None = None) -> None:
+        self.pki = pki or SoftPKI()
         self.node = SoftwareSigner.generate()
         self.store = Store(path)
         self.chain = Chain(self.store, "main", "node-1", self.node)
         self.time = 1_763_700_000_000
-        admin = [entries.genesis("main", "node-1", self.node.public_key_der(), self.time)]
-        admin += [entries.device_enrolled(d.dev, FLEET, d.signer.public_key_der())
-                  for d in devices]
-        self.apply(admin=admin)
+        admin = [entries.genesis("main", "node-1", self.node.public_key_der(), self.time,
+                                 self.pki.ca_cert)]
+        admin += [self.pki.enrol(d.dev, d.signer, FLEET) for d in devices]
+        result = self.apply(admin=admin)
+        assert all(a.status == "accepted" for a in result.admin), result.admin
 
     def apply(self, messages: list[Message] | None = None,
               admin: list[bytes] | None = None) -> ApplyResult:
