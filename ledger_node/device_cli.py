@@ -1,0 +1,226 @@
+"""`trustfleet device`: the operator's tools to enrol, revoke and rotate devices.
+
+Each command builds an operator entry (ledger_node.admin), signs it with the operator's key
+in its HSM token, and submits it to a node (`--node URL`, POST /v1/admin/entries), or writes
+it to a file (`--out FILE`) to be submitted later with `trustfleet device submit`. The node
+checks it at the ledger time of the block that takes it and answers with the outcome.
+
+Keys and certificates: with `--rig DIR` (a SoftHSM test rig) the operator token `operator`
+and the certificates come from the rig's fleet CA. Otherwise give `--operator-cert FILE`,
+`--operator-token LABEL` and the PIN in TRUSTFLEET_OPERATOR_PIN or TRUSTFLEET_OPERATOR_PIN_FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ledger_node.admin import DEVICE_ENROLLED, DEVICE_REVOKED, DEVICE_ROTATED, build_operator_entry
+
+OPERATOR_TOKEN = "operator"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    device = sub.add_parser("device", help="enrol, revoke, rotate and list devices (operator)")
+    dsub = device.add_subparsers(dest="device_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", required=True, help="device id (the certificate's CN)")
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--node", help="node API URL to submit to, e.g. http://127.0.0.1:8080")
+        where.add_argument("--out", type=Path, help="write the signed entry to this file")
+        p.add_argument("--rig", type=Path, help="SoftHSM test rig (fleet-ca, operator tokens)")
+        p.add_argument("--operator-token", default=OPERATOR_TOKEN, help="operator token label")
+        p.add_argument("--operator-cert", type=Path, help="operator certificate (without --rig)")
+        p.add_argument("--timeout", type=float, default=30, help="seconds to wait for the node")
+
+    enroll = dsub.add_parser("enroll", help="enrol a device with its certificate")
+    common(enroll)
+    enroll.add_argument("--fleet", default="demo", help="fleet id (demo)")
+    enroll.add_argument("--cert", type=Path, help="device certificate (DER or PEM); with --rig "
+                        "it is issued for the token named like the device")
+    enroll.set_defaults(func=_enroll)
+
+    revoke = dsub.add_parser("revoke", help="revoke a device: its later readings are refused")
+    common(revoke)
+    revoke.add_argument("--reason", required=True, help="why, in a few words")
+    revoke.set_defaults(func=_revoke)
+
+    rotate = dsub.add_parser("rotate", help="move a device to a new key")
+    common(rotate)
+    rotate.add_argument("--cert", type=Path, help="certificate of the new key")
+    rotate.add_argument("--token", help="with --rig: the token holding the new key")
+    rotate.add_argument("--replaces", help="kid (hex) of the key it replaces; default: asked "
+                        "from --node")
+    rotate.set_defaults(func=_rotate)
+
+    submit = dsub.add_parser("submit", help="submit signed entries written with --out")
+    submit.add_argument("files", nargs="+", type=Path)
+    submit.add_argument("--node", required=True)
+    submit.add_argument("--timeout", type=float, default=30)
+    submit.set_defaults(func=_submit)
+
+    lst = dsub.add_parser("list", help="devices enrolled on a node")
+    lst.add_argument("--node", required=True)
+    lst.set_defaults(func=_list)
+
+
+class _Fail(Exception):
+    pass
+
+
+def _operator(args: argparse.Namespace) -> tuple[Any, bytes]:
+    from hsm import signer_from_settings
+
+    if args.rig is not None:
+        from hsm import SoftHsmRig, ensure_ca, ensure_certificates
+
+        rig = SoftHsmRig(args.rig)
+        ensure_ca(rig)
+        rig.ensure_token(args.operator_token)
+        cert = ensure_certificates(rig, {args.operator_token: "operator"})[args.operator_token]
+    elif args.operator_cert is not None:
+        cert = _read_cert(args.operator_cert)
+    else:
+        raise _Fail("give --rig, or --operator-cert with the operator's token")
+    signer = signer_from_settings(os.environ.get("TRUSTFLEET_PKCS11_MODULE",
+                                                 "/usr/lib/softhsm/libsofthsm2.so"),
+                                  args.operator_token, rig_dir=args.rig,
+                                  pin_env="TRUSTFLEET_OPERATOR_PIN",
+                                  pin_file_env="TRUSTFLEET_OPERATOR_PIN_FILE")
+    return signer, cert
+
+
+def _read_cert(path: Path) -> bytes:
+    from hsm.x509 import pem_or_der_to_der
+
+    try:
+        return pem_or_der_to_der(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise _Fail(f"cannot read certificate {path}: {exc}") from None
+
+
+def _device_cert(args: argparse.Namespace, token: str | None) -> bytes:
+    if args.cert is not None:
+        return _read_cert(args.cert)
+    if args.rig is None:
+        raise _Fail("give --cert, or --rig to issue one from the test rig's CA")
+    from hsm import SoftHsmRig, ensure_ca, issue_for_token
+
+    rig = SoftHsmRig(args.rig)
+    ensure_ca(rig)
+    label = token or args.device
+    rig.ensure_token(label)
+    return issue_for_token(rig, label, "device", subject_id=args.device)
+
+
+def _deliver(args: argparse.Namespace, body: dict[str, Any]) -> int:
+    signer, cert = _operator(args)
+    try:
+        entry = build_operator_entry({**body, "t": time.time_ns() // 1_000_000}, signer, cert)
+    finally:
+        signer.close()
+    if args.out is not None:
+        args.out.write_bytes(entry)
+        print(f"wrote signed {body['type']} entry for {body['dev']} to {args.out}")
+        return 0
+    return _post(args.node, entry, args.timeout)
+
+
+def _post(node: str, entry: bytes, timeout: float) -> int:
+    req = urllib.request.Request(f"{node.rstrip('/')}/v1/admin/entries?wait={timeout}",
+                                 data=entry, method="POST",
+                                 headers={"Content-Type": "application/cose"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout + 5) as resp:
+            outcome = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:500]
+        raise _Fail(f"node answered {exc.code}: {detail}") from None
+    except (OSError, ValueError) as exc:
+        raise _Fail(f"cannot reach node {node}: {exc}") from None
+    status = outcome.get("status")
+    where = f" in block {outcome['height']}" if outcome.get("height") is not None else ""
+    print(f"{outcome.get('kind', 'entry')} for {outcome.get('device')}: {status}{where}"
+          + (f" — {outcome.get('reason')}: {outcome.get('detail')}"
+             if status == "rejected" else ""))
+    return 0 if status in ("accepted", "duplicate") else 1
+
+
+def _current_kid(node: str, dev: str) -> bytes:
+    try:
+        with urllib.request.urlopen(f"{node.rstrip('/')}/v1/devices", timeout=10) as resp:
+            devices = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        raise _Fail(f"cannot ask {node} for the current key: {exc}; give --replaces") from None
+    for d in devices:
+        if d.get("id") == dev:
+            return bytes.fromhex(d["kid"])
+    raise _Fail(f"{dev!r} is not enrolled on {node}")
+
+
+def _run(args: argparse.Namespace, body_of: Any) -> int:
+    from hsm.errors import HsmError
+
+    try:
+        return _deliver(args, body_of())
+    except (_Fail, HsmError, ValueError) as exc:
+        print(f"trustfleet device: {exc}", file=sys.stderr)
+        return 2
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    return _run(args, lambda: {"type": DEVICE_ENROLLED, "dev": args.device, "fleet": args.fleet,
+                               "cert": _device_cert(args, None)})
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    return _run(args, lambda: {"type": DEVICE_REVOKED, "dev": args.device,
+                               "reason": args.reason})
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    def body() -> dict[str, Any]:
+        if args.replaces:
+            replaces = bytes.fromhex(args.replaces)
+        elif args.node:
+            replaces = _current_kid(args.node, args.device)
+        else:
+            raise _Fail("give --replaces KID when writing to --out")
+        return {"type": DEVICE_ROTATED, "dev": args.device,
+                "cert": _device_cert(args, args.token), "replaces": replaces}
+
+    return _run(args, body)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    worst = 0
+    for path in args.files:
+        try:
+            worst = max(worst, _post(args.node, path.read_bytes(), args.timeout))
+        except (_Fail, OSError) as exc:
+            print(f"trustfleet device submit: {path}: {exc}", file=sys.stderr)
+            worst = 2
+    return worst
+
+
+def _list(args: argparse.Namespace) -> int:
+    try:
+        with urllib.request.urlopen(f"{args.node.rstrip('/')}/v1/devices", timeout=10) as resp:
+            devices = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        print(f"trustfleet device list: cannot reach {args.node}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{'device':<20} {'fleet':<10} {'state':<8} {'last seq':>9} {'gaps':>5}  kid")
+    for d in devices:
+        state = "revoked" if d.get("revoked") else "active"
+        print(f"{d['id']:<20} {d['fleet']:<10} {state:<8} {d['last_seq']:>9} {d['gaps']:>5}  "
+              f"{d['kid'][:16]}…")
+    return 0
