@@ -3,7 +3,10 @@
     trustfleet up             a whole local fleet (broker, SoftHSM rig, node, trucks)
     trustfleet node run       a ledger node          trustfleet verify   check a node's store
     trustfleet agent run      an edge agent          trustfleet hsm ...  SoftHSM rigs, tokens
-    trustfleet shim truck     emulated truck hardware (GPS pty, 1-wire tree)
+    trustfleet device ...     enrol, revoke, rotate devices (operator-signed ledger entries)
+    trustfleet proof, verify-bundle, verify-consistency   proofs anyone can check offline
+    trustfleet quarantine ... what the ledger refused, and why
+    trustfleet shim truck     emulated truck hardware (GPS pty, 1-wire tree, RFID, door)
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from firmware_shims import truck as shim_cli
     from hsm import cli as hsm_cli
     from ledger_node import cli as node_cli
+    from ledger_node import device_cli
     from trustfleet import launcher
 
     parser = argparse.ArgumentParser(
@@ -29,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     launcher.register(sub)
     node_cli.register(sub)
+    device_cli.register(sub)
     agent_cli.register(sub)
     hsm_cli.register(sub)
     shim_cli.register(sub)
