@@ -9,16 +9,16 @@ with a machine-readable reason, which quarantine stores beside the raw bytes.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Final
 
 from hsm import verify_es256
-from trustfleet.cose import decode_sign1, is_low_s
+from trustfleet.batch import open_reading
+from trustfleet.cose import is_low_s
 from trustfleet.errors import WireError
-from trustfleet.payload import GENESIS_PREV, Reading, decode_payload
+from trustfleet.payload import GENESIS_PREV, Reading
 from trustfleet.topics import DeviceTopic
 
 UNKNOWN_DEVICE: Final = "unknown_device"
@@ -100,6 +100,7 @@ class Candidate:
     to_be_signed: bytes
     signature: bytes
     key: bytes
+    chain_hash: bytes
 
 
 def precheck(data: bytes, topic: DeviceTopic | None, devices: Mapping[str, DeviceState], *,
@@ -109,10 +110,10 @@ def precheck(data: bytes, topic: DeviceTopic | None, devices: Mapping[str, Devic
     `at_ms` is the ledger time of the block: the device's certificate must be valid then.
     """
     try:
-        msg = decode_sign1(data, max_size=max_envelope)
-        reading = decode_payload(msg.payload)
+        msg = open_reading(data, max_size=max_envelope)
     except WireError as exc:
         return Rejected(exc.reason, exc.detail, topic.device if topic else None)
+    reading = msg.reading
     dev = reading.dev
     if topic is None:
         return Rejected(BAD_TOPIC, "not sent on a tf/v1/{fleet}/{device}/up topic", dev)
@@ -135,7 +136,7 @@ def precheck(data: bytes, topic: DeviceTopic | None, devices: Mapping[str, Devic
         return Rejected(CERT_NOT_YET_VALID, "device certificate is not valid yet", dev)
     if not is_low_s(msg.signature):
         return Rejected(BAD_SIGNATURE, "signature not in low-S form (malleated copy?)", dev)
-    return Candidate(data, reading, msg.to_be_signed(), msg.signature, state.key)
+    return Candidate(data, reading, msg.to_be_signed, msg.signature, state.key, msg.chain_hash)
 
 
 def verify_candidates(candidates: Sequence[Candidate],
@@ -145,7 +146,15 @@ def verify_candidates(candidates: Sequence[Candidate],
     The results do not depend on the executor, so block application stays deterministic.
     """
     def run(part: Sequence[Candidate]) -> list[bool]:
-        return [verify_es256(c.key, c.to_be_signed, c.signature) for c in part]
+        # Readings of one batch share one signature: check it once.
+        seen: dict[tuple[bytes, bytes, bytes], bool] = {}
+        out = []
+        for c in part:
+            k = (c.key, c.to_be_signed, c.signature)
+            if k not in seen:
+                seen[k] = verify_es256(c.key, c.to_be_signed, c.signature)
+            out.append(seen[k])
+        return out
 
     if executor is None or len(candidates) <= chunk:
         return run(candidates)
@@ -164,7 +173,7 @@ def decide(candidate: Candidate, verified: bool, state: DeviceState,
     dev = reading.dev
     if not verified:
         return Rejected(BAD_SIGNATURE, "ES256 signature does not verify with the device key", dev)
-    envelope_hash = hashlib.sha256(candidate.data).digest()
+    envelope_hash = candidate.chain_hash
     if reading.seq <= state.last_seq:
         seen = lookup(dev, reading.seq)
         if seen == envelope_hash:
