@@ -1,40 +1,49 @@
 """Proof bundles: log entries with everything needed to check them offline (docs/proof-bundle.md).
 
-    {"format": "trustfleet-proof-bundle", "version": 1,
-     "subject":   {"device": id | null, "from": ms | null, "to": ms | null},
-     "head":      {"header": base64, "signatures": [{"node": id, "sig": base64 r||s}]},
-     "node_keys": [{"node": id, "spki": base64 DER}],
-     "devices":   [{"dev": id, "spki": base64 DER, "enrolment": leaf index}],
-     "entries":   [{"index": leaf index, "data": base64 entry bytes,
-                    "proof": [base64 hash, ...]}]}          (increasing index)
+Version 2 (certificates):
+
+    {"format": "trustfleet-proof-bundle", "version": 2,
+     "subject":      {"device": id | null, "from": ms | null, "to": ms | null},
+     "head":         {"header": base64, "signatures": [{"node": id, "sig": base64 r||s}]},
+     "certificates": {"ca": base64 DER of the fleet CA certificate,
+                      "nodes": [{"node": id, "cert": base64 DER}]},      (none logged yet)
+     "blocks":       [{"header": base64, "signatures": [...],
+                       "consistency": [base64 hash, ...]}],  (blocks holding operator entries)
+     "entries":      [{"index": leaf index, "data": base64 entry bytes,
+                       "proof": [base64 hash, ...]}]}          (increasing index)
+
+``entries`` holds the genesis entry (index 0: it names the fleet CA and the node key), the
+operator entries of every device whose readings are included (enrolment, rotations,
+revocation: its whole history up to the head) and the entries asked for, each with its
+inclusion proof against ``head``. ``blocks`` holds the signed header of every other block that
+committed one of those operator entries, with a consistency proof from its tree to the head's,
+so that a verifier knows the ledger time at which the certificates were checked.
 
 This module builds bundles from a node's store (read-only connection); ledger_node.bundle_verify
-checks them with no store and no network. Every reading's device comes with the enrolment
-entry that put its key on the log, itself in ``entries`` with its own proof.
+checks them with no store and no network.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from ledger_node import entries as entry_types
 from ledger_node import proofs
 from ledger_node.errors import TamperError
-from ledger_node.heads import b64, head_json, node_keys_json
+from ledger_node.heads import b64, head_json
 from ledger_node.proofs import BadProofRequest, NotInLog, SignedHead, StoredEntry
 from ledger_node.subtrees import SubtreeReader
-from trustfleet.cose import decode_sign1
+from trustfleet.batch import open_reading
 from trustfleet.errors import WireError
-from trustfleet.payload import decode_payload
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MAX_BUNDLE_ENTRIES", "Subject", "build_bundle",
-           "bundle_for_device", "bundle_for_entry"]
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MAX_BUNDLE_ENTRIES", "BlockProof", "Subject",
+           "build_bundle", "bundle_document", "bundle_for_device", "bundle_for_entry"]
 
 BUNDLE_FORMAT: Final = "trustfleet-proof-bundle"
-BUNDLE_VERSION: Final = 1
+BUNDLE_VERSION: Final = 2
 MAX_BUNDLE_ENTRIES: Final = 100_000
 
 
@@ -50,41 +59,79 @@ class Subject:
         return {"device": self.device, "from": self.t_from, "to": self.t_to}
 
 
+@dataclass(frozen=True)
+class BlockProof:
+    """A block's signed header and the consistency proof from its tree to the head's tree."""
+
+    header: bytes
+    signatures: Sequence[tuple[str, bytes]]
+    consistency: Sequence[bytes]
+
+
+def bundle_document(subject: Subject, head: tuple[bytes, Sequence[tuple[str, bytes]]],
+                    ca_cert: bytes, entries: Iterable[tuple[int, bytes, Sequence[bytes]]], *,
+                    blocks: Iterable[BlockProof] = (),
+                    node_certs: Iterable[tuple[str, bytes]] = ()) -> dict[str, Any]:
+    """The bundle JSON from its parts: (header bytes, signatures) of the head, the fleet CA
+    certificate, (index, entry bytes, inclusion proof) in increasing index order."""
+    return {
+        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "subject": subject.to_json(),
+        "head": head_json(head[0], head[1], convenience=False),
+        "certificates": {"ca": b64(ca_cert),
+                         "nodes": [{"node": n, "cert": b64(c)} for n, c in node_certs]},
+        "blocks": [{**head_json(b.header, b.signatures, convenience=False),
+                    "consistency": [b64(h) for h in b.consistency]} for b in blocks],
+        "entries": [{"index": i, "data": b64(data), "proof": [b64(h) for h in proof]}
+                    for i, data, proof in entries],
+    }
+
+
 def build_bundle(conn: sqlite3.Connection, indices: Iterable[int], *,
                  head: SignedHead | int | None = None, subject: Subject = Subject(),
                  limit: int = MAX_BUNDLE_ENTRIES) -> dict[str, Any]:
     """A bundle proving the entries at ``indices`` against ``head`` (a SignedHead, a height, or
-    the newest block), plus the enrolment entries of every device whose reading is included."""
+    the newest block), plus the genesis entry and the operator history of every device whose
+    reading or operator entry is included."""
     if not isinstance(head, SignedHead):
         head = proofs.signed_head(conn, head)
-    wanted: dict[int, StoredEntry] = {}
-    enrolments: dict[str, StoredEntry] = {}
-    for index in sorted(set(indices)):
-        if len(wanted) >= limit:
+    genesis = proofs.genesis(conn)
+    if genesis.ca is None:
+        raise BadProofRequest("this chain's genesis entry names no fleet CA: there are no "
+                              "certificates to prove its devices' keys with")
+    wanted: dict[int, StoredEntry] = {0: genesis.entry}
+    devices: set[str] = set()
+    for n, index in enumerate(sorted(set(indices))):
+        if n >= limit:
             raise BadProofRequest(f"more than {limit} entries; ask for a shorter time range")
         e = proofs.entry(conn, index)
         wanted[index] = e
-        if e.kind == entry_types.DEVICE_ENROLLED:
-            enrolments.setdefault(_admin(e)["dev"], e)
-        elif e.kind == entry_types.KIND_READING:
-            dev = _reading_device(e)
-            if dev not in enrolments:
-                enrolments[dev] = proofs.enrolment_entry(conn, dev)
-    for e in enrolments.values():
-        wanted.setdefault(e.index, e)
+        if e.kind == entry_types.KIND_READING:
+            devices.add(_reading_device(e))
+        elif e.kind in proofs.OPERATOR_KINDS:
+            dev = proofs.operator_device(e.data)
+            if dev is None:
+                raise TamperError(f"entry {e.index}", "operator entry does not decode")
+            devices.add(dev)
+    operator_blocks: set[int] = set()
+    for dev in sorted(devices):
+        history = proofs.device_history(conn, dev, size=head.header.size)
+        if not history:
+            raise TamperError(f"device {dev!r}", f"readings of {dev!r} are in the log, but no "
+                              f"operator entry about it is")
+        for rec in history:
+            wanted.setdefault(rec.entry.index, rec.entry)
+            operator_blocks.add(rec.entry.height)
     reader = SubtreeReader(conn)
     items = []
     for index in sorted(wanted):
         proof = proofs.inclusion(conn, index, head, reader)
-        items.append({"index": index, "data": b64(proof.entry.data),
-                      "proof": [b64(h) for h in proof.hashes]})
-    devices = []
-    for dev, e in sorted(enrolments.items()):
-        devices.append({"dev": dev, "spki": b64(bytes(_admin(e)["key"])), "enrolment": e.index})
-    return {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "subject": subject.to_json(),
-            "head": head_json(head.header_bytes, head.signatures, convenience=False),
-            "node_keys": node_keys_json(proofs.node_keys(conn)), "devices": devices,
-            "entries": items}
+        items.append((index, proof.entry.data, proof.hashes))
+    blocks = []
+    for height in sorted(operator_blocks - {head.height}):
+        p = proofs.consistency(conn, height, head.height)
+        blocks.append(BlockProof(p.old.header_bytes, p.old.signatures, p.hashes))
+    return bundle_document(subject, (head.header_bytes, head.signatures), genesis.ca, items,
+                           blocks=blocks)
 
 
 def bundle_for_device(conn: sqlite3.Connection, device: str, t_from: int | None = None,
@@ -93,7 +140,8 @@ def bundle_for_device(conn: sqlite3.Connection, device: str, t_from: int | None 
     """A bundle of ``device``'s readings with device time in [t_from, t_to) (either bound
     open when None), committed in blocks up to ``height`` (the newest when None)."""
     head = proofs.signed_head(conn, height)
-    proofs.enrolment_entry(conn, device)  # NotInLog for a device never enrolled
+    if not proofs.device_history(conn, device, size=head.header.size):
+        raise NotInLog(f"no device {device!r} is enrolled (as of block {head.height})")
     sql = "SELECT idx FROM readings WHERE dev = ? AND height <= ?"
     args: list[Any] = [device, head.height]
     if t_from is not None:
@@ -115,25 +163,6 @@ def bundle_for_device(conn: sqlite3.Connection, device: str, t_from: int | None 
                         limit=limit + 1)
 
 
-def _bound(t: int | None) -> str:
-    return "open" if t is None else str(t)
-
-
-def _admin(e: StoredEntry) -> dict[str, Any]:
-    try:
-        return entry_types.decode_admin(e.data)
-    except ValueError as exc:  # WireError is a ValueError
-        raise TamperError(f"entry {e.index}", f"administrative entry does not decode: {exc}"
-                          ) from None
-
-
-def _reading_device(e: StoredEntry) -> str:
-    try:
-        return decode_payload(decode_sign1(e.data).payload).dev
-    except WireError as exc:
-        raise TamperError(f"entry {e.index}", f"reading does not decode: {exc}") from None
-
-
 def bundle_for_entry(conn: sqlite3.Connection, index: int,
                      height: int | None = None) -> dict[str, Any]:
     """A bundle proving one entry against block ``height`` (the newest when None); for a
@@ -141,3 +170,14 @@ def bundle_for_entry(conn: sqlite3.Connection, index: int,
     e = proofs.entry(conn, index)
     device = _reading_device(e) if e.kind == entry_types.KIND_READING else None
     return build_bundle(conn, [index], head=height, subject=Subject(device))
+
+
+def _bound(t: int | None) -> str:
+    return "open" if t is None else str(t)
+
+
+def _reading_device(e: StoredEntry) -> str:
+    try:
+        return open_reading(e.data).reading.dev
+    except WireError as exc:
+        raise TamperError(f"entry {e.index}", f"reading does not decode: {exc}") from None

@@ -1,30 +1,56 @@
 """Offline verification of a proof bundle (docs/proof-bundle.md): no store, no network.
 
-``verify_bundle(raw)`` checks, and names by a stable reason code whatever fails:
-  1. the document: strict JSON, ``format``, ``version`` 1, exactly the v1 fields;
-  2. the head: the header decodes (deterministic CBOR v1), the proposer's ES256 signature
-     verifies with the pinned node key, or else with the key the bundle carries;
-  3. every entry: its inclusion proof recomputes the header's root for the header's size;
-  4. every device key: its enrolment entry is in the bundle (so proven by 3.) and names that
-     device and exactly that key;
-  5. every reading: a COSE_Sign1 whose kid is a bundled device key (kid = SHA-256 of the
-     SPKI), whose payload names that device, whose ES256 signature verifies, enrolled before
-     it in the log, and inside the bundle's subject (device, device-time range).
-Structural failures (1., a head that does not decode, a malformed field) stop the check;
-the others are all collected, so one run explains everything that is wrong.
+``verify_bundle(raw)`` checks a version-2 bundle, and names by a stable reason code whatever
+fails (the doc's "Verifying a bundle, step by step" is the specification):
+  1. the document: strict JSON, ``format``, ``version`` 2, exactly the v2 fields; the fleet CA
+     certificate is a usable CA;
+  2. the anchors: the bundle's CA is the pinned CA (when one is given); the genesis entry is
+     entry 0; node certificates (none are logged yet) are issued by the CA;
+  3. the head: every signature verifies with the pinned node key, else a node certificate's
+     key, else the node key the genesis entry names; the genesis entry names the head's chain
+     and exactly the bundle's CA;
+  4. ``blocks``: each header is signed like the head, of the same chain, and its tree is a
+     prefix of the head's (consistency proof): its ledger time is then the time of the
+     operator entries it committed;
+  5. every entry: its inclusion proof recomputes the head's root for the head's size;
+  6. operator entries, in log order: signed by an operator certificate that chains to the CA
+     (role operator), device certificates chain to the CA with role device and CN = the
+     device id (hsm.check_certificate, through ledger_node.admin), all checked at the ledger
+     time of the block that holds the entry (else at each certificate's notBefore, noted);
+     they build each device's key history (enrolment, rotations, revocation) with the rules
+     the node applies (ledger_node.admin.apply_operator_entry);
+  7. every reading (single envelope or batched): its kid is its device's key at that point of
+     the log (put there by an enrolment or rotation that precedes it, not retired by a rotation
+     that precedes it, the device not revoked before it), its ES256 signature verifies, and it
+     is inside the bundle's subject (device, device-time range).
+Structural failures (1.) stop the check; the others are all collected, so one run explains
+everything that is wrong.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Any, Final
 
-from hsm import load_public_key, verify_es256
-from hsm.errors import HsmError
+from hsm import check_certificate, verify_es256
+from hsm.certcheck import describe_certificate, load_ca_anchor
+from hsm.errors import CERT_REASONS, CaCertificateInvalid, CertificateRejected
 from ledger_node import entries as entry_types
+from ledger_node.admin import (
+    ADMIN_TYPES,
+    DEVICE_ENROLLED,
+    DEVICE_REVOKED,
+    DEVICE_ROTATED,
+    HEADER_X5CHAIN,
+    NOT_OPERATOR,
+    AdminRejected,
+    apply_operator_entry,
+    decode_operator_entry,
+)
 from ledger_node.bundle import BUNDLE_FORMAT, BUNDLE_VERSION
 from ledger_node.errors import ProofError, RootMismatchError
 from ledger_node.heads import (
@@ -36,16 +62,19 @@ from ledger_node.heads import (
     int_field,
     load_json,
     parse_head,
-    parse_node_keys,
     want,
 )
-from ledger_node.merkle import leaf_hash, verify_inclusion
-from trustfleet.cose import Sign1, decode_sign1
-from trustfleet.payload import Reading, decode_payload
+from ledger_node.merkle import leaf_hash, verify_consistency, verify_inclusion
+from ledger_node.validate import BAD_SIGNATURE, REVOKED_DEVICE, UNKNOWN_DEVICE, DeviceState
+from trustfleet import cbor
+from trustfleet.batch import open_reading
+from trustfleet.cose import decode_sign1
+from trustfleet.errors import WireError
+from trustfleet.payload import Reading
 
-__all__ = ["BundleReport", "ProvenReading", "verify_bundle"]
+__all__ = ["BundleReport", "DeviceHistory", "ProvenReading", "describe", "verify_bundle"]
 
-_FIELDS = ("format", "version", "subject", "head", "node_keys", "devices", "entries")
+_FIELDS: Final = ("format", "version", "subject", "head", "certificates", "blocks", "entries")
 
 
 @dataclass(frozen=True)
@@ -57,11 +86,20 @@ class _Entry:
 
 
 @dataclass(frozen=True)
-class _Device:
-    dev: str
-    spki: bytes
-    enrolment: int
+class _Block:
+    head: Head
+    consistency: tuple[bytes, ...]
     where: str
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Entries [first, size) were committed by block ``height`` at ledger time ``time``."""
+
+    first: int
+    size: int
+    time: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -70,7 +108,30 @@ class ProvenReading:
 
     index: int
     reading: Reading
-    envelope_hash: bytes
+    chain_hash: bytes
+    """What the next reading's ``prev`` names: SHA-256 of the envelope, or of the payload for a
+    batched reading (trustfleet.batch)."""
+    batched: bool = False
+
+
+@dataclass
+class DeviceHistory:
+    """A device's key history as the bundle's operator entries prove it (leaf indexes)."""
+
+    dev: str
+    steps: list[tuple[int, DeviceState]] = field(default_factory=list)
+    enrolled: int | None = None
+    rotations: list[int] = field(default_factory=list)
+    revoked: int | None = None
+    revoke_reason: str = ""
+    introduced: dict[bytes, int] = field(default_factory=dict)
+    retired_by: dict[bytes, int] = field(default_factory=dict)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+
+    def state_at(self, index: int) -> DeviceState | None:
+        """The device's state just before leaf ``index``: after every step that precedes it."""
+        at = bisect.bisect_left([i for i, _ in self.steps], index)
+        return self.steps[at - 1][1] if at else None
 
 
 @dataclass
@@ -79,10 +140,17 @@ class BundleReport:
 
     head: Head | None = None
     key_source: str = ""
+    node_key_pinned: bool = False
+    node_certified: bool = False
+    ca_source: str = ""
+    ca_pinned: bool = False
+    ca_name: str = ""
+    ca_fingerprint: str = ""
     signed_by: str = ""
     subject: dict[str, Any] = field(default_factory=dict)
     entries: int = 0
-    enrolments: int = 0
+    operator_entries: int = 0
+    devices: dict[str, DeviceHistory] = field(default_factory=dict)
     readings: dict[str, list[ProvenReading]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     problems: list[CheckFailed] = field(default_factory=list)
@@ -93,70 +161,368 @@ class BundleReport:
 
 
 def verify_bundle(raw: bytes, *, pinned_node_key: bytes | None = None,
+                  pinned_ca: bytes | None = None,
                   expect_device: str | None = None) -> BundleReport:
-    """Check a bundle's bytes; never raises for bad input (failures land in ``problems``)."""
+    """Check a bundle's bytes; never raises for bad input (failures land in ``problems``).
+
+    ``pinned_node_key`` (SPKI DER) and ``pinned_ca`` (certificate DER) are what the caller
+    trusts; without either, a bundle that verifies is only shown intact and self-consistent.
+    """
     report = BundleReport()
     try:
-        _verify(raw, pinned_node_key, expect_device, report)
+        _Verifier(report, pinned_node_key, pinned_ca).run(raw, expect_device)
     except CheckFailed as exc:
         report.problems.append(exc)
     return report
 
 
-def _verify(raw: bytes, pinned: bytes | None, expect_device: str | None,
-            report: BundleReport) -> None:
-    doc = load_json(raw, "bundle")
-    if not isinstance(doc, dict) or "format" not in doc:
-        raise CheckFailed("not_a_bundle", "bundle", "a JSON object with a \"format\" field "
-                          "was expected")
-    if doc["format"] != BUNDLE_FORMAT:
-        raise CheckFailed("not_a_bundle", "bundle.format", f"{doc['format']!r}, expected "
-                          f"{BUNDLE_FORMAT!r}")
-    version = doc.get("version")
-    if version != BUNDLE_VERSION or isinstance(version, bool):
-        raise CheckFailed("unsupported_version", "bundle.version", f"{version!r}; this "
-                          f"verifier reads version {BUNDLE_VERSION} only")
-    top = want(doc, "bundle", _FIELDS)
-    subject = _subject(top["subject"])
-    report.subject = subject
-    head = report.head = parse_head(top["head"], "head", strict=True)
-    node_keys = parse_node_keys(top["node_keys"], "node_keys")
-    devices = _devices(top["devices"])
-    entries = _entries(top["entries"])
-    if expect_device is not None and subject["device"] != expect_device:
-        report.problems.append(CheckFailed("wrong_device", "subject", f"the bundle is about "
-                                           f"{subject['device']!r}, you asked for "
-                                           f"{expect_device!r}"))
-    report.key_source = ("the pinned node key" if pinned is not None else
-                         "the node key carried in the bundle (NOT pinned)")
-    try:
-        report.signed_by = check_head_signatures(head, node_keys, pinned, "head")
-    except CheckFailed as exc:
-        report.problems.append(exc)
+class _Verifier:
+    def __init__(self, report: BundleReport, pinned_key: bytes | None,
+                 pinned_ca: bytes | None) -> None:
+        self.report = report
+        self.pinned_key = pinned_key
+        self.pinned_ca = pinned_ca
+        self.problems = report.problems
 
-    proven: dict[int, _Entry] = {}
-    for e in entries:
+    def fail(self, reason: str, where: str, detail: str) -> None:
+        self.problems.append(CheckFailed(reason, where, detail))
+
+    # -- 1. the document ------------------------------------------------------------------------
+
+    def run(self, raw: bytes, expect_device: str | None) -> None:
+        report = self.report
+        doc = load_json(raw, "bundle")
+        if not isinstance(doc, dict) or "format" not in doc:
+            raise CheckFailed("not_a_bundle", "bundle", "a JSON object with a \"format\" field "
+                              "was expected")
+        if doc["format"] != BUNDLE_FORMAT:
+            raise CheckFailed("not_a_bundle", "bundle.format", f"{doc['format']!r}, expected "
+                              f"{BUNDLE_FORMAT!r}")
+        version = doc.get("version")
+        if version != BUNDLE_VERSION or isinstance(version, bool):
+            hint = (" (version 1 bundles carry bare device keys vouched for by the node alone; "
+                    "ask the node for a new bundle)" if version == 1
+                    and not isinstance(version, bool) else "")
+            raise CheckFailed("unsupported_version", "bundle.version", f"{version!r}; this "
+                              f"verifier reads version {BUNDLE_VERSION} only{hint}")
+        top = want(doc, "bundle", _FIELDS)
+        subject = report.subject = _subject(top["subject"])
+        head = report.head = parse_head(top["head"], "head", strict=True)
+        ca, node_certs = _certificates(top["certificates"])
+        blocks = _blocks(top["blocks"])
+        entries = _entries(top["entries"])
+        report.entries = len(entries)
+        self._ca(ca)
+        if expect_device is not None and subject["device"] != expect_device:
+            self.fail("wrong_device", "subject", f"the bundle is about {subject['device']!r}, "
+                      f"you asked for {expect_device!r}")
+
+        inclusion: list[CheckFailed] = []
+        proven: dict[int, _Entry] = {}
+        for e in entries:
+            try:
+                _check_inclusion(e, head)
+                proven[e.index] = e
+            except CheckFailed as exc:
+                inclusion.append(exc)
+        genesis, against = self._genesis(entries, head, ca)
+        keys = self._node_keys(genesis, node_certs, ca, head)
+        self._head(head, keys)
+        self.problems.extend(against)  # what the genesis says against the (checked) head
+        spans = self._blocks(blocks, head, keys)
+        self.problems.extend(inclusion)
+
+        devices = report.devices
+        readings: list[_Entry] = []
+        for e in entries:
+            if e.index not in proven:
+                continue  # already failed: what its bytes say is not evidence
+            try:
+                kind = entry_types.admin_kind(e.data)
+            except ValueError as exc:  # WireError is a ValueError
+                self.fail("bad_entry", e.where, f"does not decode: {exc}")
+                continue
+            if kind == entry_types.KIND_READING:
+                readings.append(e)
+            elif kind in ADMIN_TYPES:
+                self._operator_entry(e, ca, spans, devices)
+            elif kind == entry_types.GENESIS:
+                if e.index != 0:
+                    self.fail("bad_genesis", e.where, "a genesis entry can only be entry 0")
+            else:
+                self.fail("unsupported_entry", e.where, f"an entry of kind {kind!r}, which a "
+                          f"version-{BUNDLE_VERSION} bundle does not carry and this verifier "
+                          f"cannot check")
+        owners = {kid: (h.dev, i) for h in devices.values() for kid, i in h.introduced.items()}
+        missing: dict[str, tuple[int, list[int]]] = {}
+        for e in readings:
+            self._reading(e, owners, subject, missing)
+        for dev, (at, indexes) in missing.items():
+            self.problems[at] = _missing_enrolment(devices.get(dev), dev, indexes)
+        _note_histories(report)
+        _note_sequences(report)
+
+    def _ca(self, ca: bytes) -> None:
+        report = self.report
         try:
-            _check_inclusion(e, head)
-            proven[e.index] = e
+            load_ca_anchor(ca)
+            report.ca_name = str(describe_certificate(ca)["subject"])
+        except (CaCertificateInvalid, CertificateRejected) as exc:
+            raise CheckFailed("bad_ca", "certificates.ca", f"the fleet CA certificate is "
+                              f"unusable: {exc}") from None
+        report.ca_fingerprint = hashlib.sha256(ca).hexdigest()
+        report.ca_pinned = self.pinned_ca is not None
+        if self.pinned_ca is None and self.pinned_key is not None:
+            report.ca_source = ("the CA the genesis entry names, in the log the pinned node key "
+                                "signed")
+        elif self.pinned_ca is None:
+            report.ca_source = "the CA the genesis entry names (NOT pinned)"
+        elif self.pinned_ca == ca:
+            report.ca_source = "the pinned fleet CA"
+        else:
+            report.ca_source = "NOT the pinned fleet CA"
+            self.fail("wrong_ca", "certificates.ca", f"the bundle's fleet CA (SHA-256 "
+                      f"{report.ca_fingerprint[:16]}…, {report.ca_name}) is not the CA you "
+                      f"pinned (SHA-256 {hashlib.sha256(self.pinned_ca).hexdigest()[:16]}…)")
+
+    # -- 2. the genesis entry -------------------------------------------------------------------
+
+    def _genesis(self, entries: list[_Entry], head: Head,
+                 ca: bytes) -> tuple[dict[str, Any] | None, list[CheckFailed]]:
+        """The genesis record, if the bundle has one (else the failure is recorded), and what
+        in it disagrees with the head or the bundle's CA (to report after the head). Whether
+        the log proves it is the inclusion check's business (step 5): if it does not, the
+        bundle fails there, so its node key can serve meanwhile to check the head."""
+        against: list[CheckFailed] = []
+        first = entries[0] if entries else None
+        if first is None or first.index != 0:
+            self.fail("missing_genesis", "entries", "the genesis entry (index 0), which names "
+                      "the fleet CA and the node key, is not in the bundle")
+            return None, against
+        try:
+            rec = entry_types.decode_admin(first.data)
+        except ValueError as exc:
+            self.fail("bad_genesis", first.where, f"does not decode: {exc}")
+            return None, against
+        if rec.get("type") != entry_types.GENESIS or not isinstance(rec.get("node"), str) \
+                or not isinstance(rec.get("node_key"), bytes):
+            self.fail("bad_genesis", first.where, "entry 0 is not a genesis entry with node and "
+                      "node_key")
+            return None, against
+        if rec.get("chain") != head.header.chain:
+            against.append(CheckFailed(
+                "chain_mismatch", first.where, f"the genesis entry starts chain "
+                f"{rec.get('chain')!r}, the head is of chain {head.header.chain!r}"))
+        if rec.get("ca") != ca:
+            named = ("names no fleet CA" if rec.get("ca") is None else
+                     "names another fleet CA")
+            against.append(CheckFailed(
+                "ca_mismatch", first.where, f"the genesis entry {named}; the bundle's "
+                f"certificates.ca (SHA-256 {self.report.ca_fingerprint[:16]}…) is not the CA "
+                f"of this chain"))
+        return rec, against
+
+    # -- 3. node keys and the head --------------------------------------------------------------
+
+    def _node_keys(self, genesis: Mapping[str, Any] | None, certs: list[tuple[str, bytes]],
+                   ca: bytes, head: Head) -> dict[str, bytes]:
+        keys: dict[str, bytes] = {}
+        if genesis is not None:
+            keys[genesis["node"]] = genesis["node_key"]
+        certified: set[str] = set()
+        for i, (node, cert) in enumerate(certs):
+            where = f"certificates.nodes[{i}] ({node!r})"
+            try:
+                info = check_certificate(cert, ca, expected_id=node, expected_role="node",
+                                         at_ms=head.header.time)
+            except CertificateRejected as exc:
+                self.fail(f"node_{exc.reason}", where, f"node certificate: {exc}")
+                continue
+            keys[node] = info.spki_der  # issued by the CA: it vouches for the key
+            certified.add(node)
+        proposer = head.header.proposer
+        report = self.report
+        report.node_key_pinned = self.pinned_key is not None
+        report.node_certified = proposer in certified
+        if self.pinned_key is not None:
+            report.key_source = "the pinned node key"
+        elif proposer in certified:
+            report.key_source = "the node certificate issued by the fleet CA"
+        else:
+            report.key_source = "the node key the genesis entry names (NOT pinned)"
+        return keys
+
+    def _head(self, head: Head, keys: Mapping[str, bytes]) -> None:
+        try:
+            self.report.signed_by = check_head_signatures(head, keys, self.pinned_key, "head")
         except CheckFailed as exc:
-            report.problems.append(exc)
-    report.entries = len(entries)
-    by_index = {e.index: e for e in entries}
-    keys = _check_devices(devices, by_index, proven, report)
-    for e in entries:
-        if e.index not in proven:
-            continue  # already failed: what its bytes say is not evidence
-        try:
-            kind = entry_types.admin_kind(e.data)
-        except ValueError as exc:  # WireError is a ValueError
-            report.problems.append(CheckFailed("bad_entry", e.where, f"administrative entry "
-                                               f"does not decode: {exc}"))
-            continue
-        if kind == entry_types.KIND_READING:
-            _check_reading(e, keys, subject, report)
-    _note_sequences(report)
+            self.problems.append(exc)
 
+    def _blocks(self, blocks: list[_Block], head: Head, keys: Mapping[str, bytes]
+                ) -> list[_Span]:
+        h = head.header
+        spans = [_Span(h.first, h.size, h.time, h.height)]
+        for b in blocks:
+            bh = b.head.header
+            try:
+                if bh.chain != h.chain:
+                    raise CheckFailed("chain_mismatch", b.where, f"block of chain "
+                                      f"{bh.chain!r}, the head is of chain {h.chain!r}")
+                if bh.height >= h.height or bh.size > h.size:
+                    raise CheckFailed("wrong_head", b.where, f"block {bh.height} (tree size "
+                                      f"{bh.size}) is not older than the head, block "
+                                      f"{h.height} (tree size {h.size})")
+                check_head_signatures(b.head, keys, self.pinned_key, b.where)
+                try:
+                    verify_consistency(bh.size, h.size, b.consistency, bh.root, h.root)
+                except RootMismatchError as exc:
+                    raise CheckFailed("inconsistent", b.where, f"the head's tree does not "
+                                      f"extend the tree of block {bh.height}: {exc}") from None
+                except ProofError as exc:
+                    raise CheckFailed("bad_proof", b.where, f"consistency proof: {exc}"
+                                      ) from None
+            except CheckFailed as exc:
+                self.problems.append(exc)
+                continue
+            spans.append(_Span(bh.first, bh.size, bh.time, bh.height))
+        return spans
+
+    # -- 6. operator entries --------------------------------------------------------------------
+
+    def _operator_entry(self, e: _Entry, ca: bytes, spans: list[_Span],
+                        devices: dict[str, DeviceHistory]) -> None:
+        span = next((s for s in spans if s.first <= e.index < s.size), None)
+        at_op = span.time if span is not None else _not_before(_x5chain(e.data))
+        try:
+            op = decode_operator_entry(e.data, ca, at_op)
+        except AdminRejected as exc:
+            dev = _peek_dev(e.data)
+            if dev is not None:
+                devices.setdefault(dev, DeviceHistory(dev)).failed.append((e.index, exc.reason))
+            reason = (exc.reason if exc.reason == NOT_OPERATOR or
+                      exc.reason.startswith("operator_") else
+                      "bad_operator_signature" if exc.reason == BAD_SIGNATURE else
+                      "bad_operator_entry")
+            self.fail(reason, e.where, exc.detail)
+            return
+        dev = op.body["dev"]
+        where = f"{e.where}, {op.type} of {dev!r}"
+        history = devices.setdefault(dev, DeviceHistory(dev))
+        at_dev = at_op
+        if span is None:
+            at_dev = _not_before(op.body.get("cert"))
+            self.report.notes.append(
+                f"{where}: the header of the block that logged it is not in the bundle, so its "
+                f"certificates were checked at their notBefore, not at the ledger time")
+        current = history.state_at(e.index)
+        try:
+            applied = apply_operator_entry(op, {dev: current} if current else {}, ca, e.index,
+                                           at_dev)
+        except AdminRejected as exc:
+            history.failed.append((e.index, exc.reason))
+            reason = (f"device_{exc.reason}" if exc.reason in CERT_REASONS else
+                      "missing_enrolment" if exc.reason == UNKNOWN_DEVICE else exc.reason)
+            detail = exc.detail
+            if exc.reason == UNKNOWN_DEVICE:
+                detail = f"no enrolment of {dev!r} precedes this {op.type} in the bundle"
+            self.fail(reason, where, detail)
+            return
+        self.report.operator_entries += 1
+        if applied.duplicate:
+            self.report.notes.append(f"{where}: repeats what the log already said (no change)")
+            return
+        state = applied.state
+        history.steps.append((e.index, state))
+        if op.type == DEVICE_ENROLLED:
+            history.enrolled = e.index
+        elif op.type == DEVICE_ROTATED:
+            history.rotations.append(e.index)
+            assert current is not None
+            history.retired_by[current.kid] = e.index
+        elif op.type == DEVICE_REVOKED:
+            history.revoked = e.index
+            history.revoke_reason = str(op.body.get("reason", ""))
+        history.introduced.setdefault(state.kid, e.index)
+
+    # -- 7. readings ----------------------------------------------------------------------------
+
+    def _reading(self, e: _Entry, owners: Mapping[bytes, tuple[str, int]],
+                 subject: Mapping[str, Any], missing: dict[str, tuple[int, list[int]]]) -> None:
+        try:
+            msg = open_reading(e.data)  # a batched reading: also its proof to the batch root
+        except WireError as exc:
+            self.fail("bad_entry", e.where, f"reading does not decode: {exc}")
+            return
+        reading = msg.reading
+        dev = reading.dev
+        what = f"{e.where}, {dev!r} seq {reading.seq}"
+        history = self.report.devices.get(dev)
+        state = history.state_at(e.index) if history is not None else None
+        owner = owners.get(msg.kid)
+        if owner is not None and owner[0] != dev:
+            self.fail("device_mismatch", what, f"the payload names {dev!r}, but its key "
+                      f"(kid {msg.kid.hex()[:16]}…) is {owner[0]!r}'s")
+            return
+        if state is None:
+            if owner is not None and owner[1] > e.index:
+                self.fail("enrolled_after_reading", what, f"its key is put on the log by the "
+                          f"operator entry at index {owner[1]}, after the reading")
+            elif dev in missing:
+                missing[dev][1].append(e.index)
+            else:
+                missing[dev] = (len(self.problems), [e.index])
+                self.problems.append(CheckFailed("missing_enrolment", what, ""))
+            return
+        assert history is not None
+        if state.revoked_height is not None:
+            self.fail(REVOKED_DEVICE, what, f"{dev!r} was revoked by the operator entry at "
+                      f"index {state.revoked_height}, before this reading")
+            return
+        if msg.kid in state.retired_kids:
+            self.fail("rotated_key", what, f"signed with a key that the rotation at index "
+                      f"{history.retired_by.get(msg.kid, '?')} retired before this reading")
+            return
+        if msg.kid != state.kid:
+            if owner is not None and owner[1] > e.index:
+                self.fail("enrolled_after_reading", what, f"its key is put on the log by the "
+                          f"operator entry at index {owner[1]}, after the reading")
+            else:
+                self.fail("unknown_device_key", what, f"signed with kid "
+                          f"{msg.kid.hex()[:16]}…, which is not {dev!r}'s key at this point "
+                          f"of the log (that is kid {state.kid.hex()[:16]}…)")
+            return
+        if not verify_es256(state.key, msg.to_be_signed, msg.signature):
+            signed = "its batch's" if msg.batched else "the"
+            self.fail("bad_device_signature", what, f"{signed} ES256 signature does not "
+                      f"verify with {dev!r}'s key")
+            return
+        if subject["device"] is not None and dev != subject["device"]:
+            self.fail("wrong_device", what, f"the bundle is about {subject['device']!r}")
+            return
+        lo, hi = subject["from"], subject["to"]
+        if (lo is not None and reading.t < lo) or (hi is not None and reading.t >= hi):
+            self.fail("outside_range", what, f"device time {reading.t} is outside the "
+                      f"bundle's range [{lo}, {hi})")
+            return
+        self.report.readings.setdefault(dev, []).append(
+            ProvenReading(e.index, reading, msg.chain_hash, msg.batched))
+
+
+def _missing_enrolment(history: DeviceHistory | None, dev: str, indexes: list[int]
+                       ) -> CheckFailed:
+    which = (f"index {indexes[0]}" if len(indexes) == 1 else
+             f"{len(indexes)} readings, index {indexes[0]}..{indexes[-1]}")
+    if history is not None and history.failed:
+        at, reason = history.failed[0]
+        why = (f"the operator entry about {dev!r} at index {at} failed ({reason}) and no "
+               f"enrolment that checks precedes them, so no key of the log proves them")
+    else:
+        why = (f"no enrolment of {dev!r} precedes them in the bundle, so no key of the log "
+               f"proves them")
+    return CheckFailed("missing_enrolment", f"device {dev!r} ({which})", why)
+
+
+# -- parsing ------------------------------------------------------------------------------------
 
 def _subject(value: Any) -> dict[str, Any]:
     s = want(value, "subject", ("device", "from", "to"))
@@ -168,18 +534,35 @@ def _subject(value: Any) -> dict[str, Any]:
     return dict(s)
 
 
-def _devices(value: Any) -> list[_Device]:
+def _certificates(value: Any) -> tuple[bytes, list[tuple[str, bytes]]]:
+    c = want(value, "certificates", ("ca", "nodes"))
+    ca = b64_field(c["ca"], "certificates.ca")
+    if not isinstance(c["nodes"], list):
+        raise CheckFailed("bad_field", "certificates.nodes", "must be an array")
+    nodes: list[tuple[str, bytes]] = []
+    for i, item in enumerate(c["nodes"]):
+        where = f"certificates.nodes[{i}]"
+        n = want(item, where, ("node", "cert"))
+        if not isinstance(n["node"], str) or any(node == n["node"] for node, _ in nodes):
+            raise CheckFailed("bad_field", f"{where}.node", "must be a node id listed once")
+        nodes.append((n["node"], b64_field(n["cert"], f"{where}.cert")))
+    return ca, nodes
+
+
+def _blocks(value: Any) -> list[_Block]:
     if not isinstance(value, list):
-        raise CheckFailed("bad_field", "devices", "must be an array")
-    out: list[_Device] = []
+        raise CheckFailed("bad_field", "blocks", "must be an array")
+    out: list[_Block] = []
     for i, item in enumerate(value):
-        where = f"devices[{i}]"
-        d = want(item, where, ("dev", "spki", "enrolment"))
-        if not isinstance(d["dev"], str) or any(x.dev == d["dev"] for x in out):
-            raise CheckFailed("bad_field", f"{where}.dev", "must be a device id listed once")
-        out.append(_Device(d["dev"], b64_field(d["spki"], f"{where}.spki"),
-                           int_field(d["enrolment"], f"{where}.enrolment"),
-                           f"device {d['dev']!r}"))
+        where = f"blocks[{i}]"
+        b = want(item, where, ("header", "signatures", "consistency"))
+        head = parse_head({"header": b["header"], "signatures": b["signatures"]}, where,
+                          strict=True)
+        if not isinstance(b["consistency"], list):
+            raise CheckFailed("bad_field", f"{where}.consistency", "must be an array")
+        proof = tuple(b64_field(h, f"{where}.consistency[{j}]", HASH_SIZE)
+                      for j, h in enumerate(b["consistency"]))
+        out.append(_Block(head, proof, f"{where} (block {head.header.height})"))
     return out
 
 
@@ -219,83 +602,47 @@ def _check_inclusion(e: _Entry, head: Head) -> None:
                           f"{exc}") from None
 
 
-def _check_devices(devices: list[_Device], by_index: Mapping[int, _Entry],
-                   proven: Mapping[int, _Entry], report: BundleReport) -> dict[bytes, _Device]:
-    """kid -> device for every device key the log proves; failures go to the report."""
-    keys: dict[bytes, _Device] = {}
-    for d in devices:
-        enrolment = by_index.get(d.enrolment)
-        try:
-            if enrolment is None:
-                raise CheckFailed("missing_enrolment", d.where, f"its enrolment entry (index "
-                                  f"{d.enrolment}) is not in the bundle, so the log does not "
-                                  f"prove its key")
-            if d.enrolment not in proven:
-                raise CheckFailed("missing_enrolment", d.where, f"its enrolment entry (index "
-                                  f"{d.enrolment}) failed its inclusion proof")
-            try:
-                rec = entry_types.decode_admin(enrolment.data)
-            except ValueError:
-                rec = {}
-            if rec.get("type") != entry_types.DEVICE_ENROLLED or rec.get("dev") != d.dev:
-                raise CheckFailed("enrolment_mismatch", d.where, f"entry {d.enrolment} is not "
-                                  f"the enrolment of {d.dev!r}")
-            if rec.get("key") != d.spki:
-                raise CheckFailed("enrolment_mismatch", d.where, f"the key listed is not the "
-                                  f"key enrolment entry {d.enrolment} put on the log")
-            try:
-                load_public_key(d.spki)
-            except HsmError as exc:
-                raise CheckFailed("bad_device_key", d.where, str(exc)) from None
-        except CheckFailed as exc:
-            report.problems.append(exc)
-            continue
-        keys[hashlib.sha256(d.spki).digest()] = d
-        report.enrolments += 1
-    return keys
-
-
-def _check_reading(e: _Entry, keys: Mapping[bytes, _Device], subject: Mapping[str, Any],
-                   report: BundleReport) -> None:
+def _x5chain(data: bytes) -> object:
+    """The operator certificate an operator entry carries, unchecked (None if unreadable)."""
     try:
-        msg: Sign1 = decode_sign1(e.data)
-        reading = decode_payload(msg.payload)
-    except ValueError as exc:
-        report.problems.append(CheckFailed("bad_entry", e.where, f"reading does not decode: "
-                                           f"{exc}"))
-        return
-    what = f"{e.where}, {reading.dev!r} seq {reading.seq}"
-    device = keys.get(msg.kid)
-    problems = report.problems
-    if device is None:
-        problems.append(CheckFailed("unknown_device_key", what, f"signed with kid "
-                                    f"{msg.kid.hex()[:16]}…, which is no device key the "
-                                    f"bundle proves"))
-        return
-    if reading.dev != device.dev:
-        problems.append(CheckFailed("device_mismatch", what, f"the payload names "
-                                    f"{reading.dev!r}, but its key is enrolled for "
-                                    f"{device.dev!r}"))
-        return
-    if not verify_es256(device.spki, msg.to_be_signed(), msg.signature):
-        problems.append(CheckFailed("bad_device_signature", what, f"the ES256 signature does "
-                                    f"not verify with {device.dev!r}'s enrolled key"))
-        return
-    if device.enrolment > e.index:
-        problems.append(CheckFailed("enrolled_after_reading", what, f"the device's enrolment "
-                                    f"(index {device.enrolment}) comes after it in the log"))
-        return
-    if subject["device"] is not None and reading.dev != subject["device"]:
-        problems.append(CheckFailed("wrong_device", what, f"the bundle is about "
-                                    f"{subject['device']!r}"))
-        return
-    lo, hi = subject["from"], subject["to"]
-    if (lo is not None and reading.t < lo) or (hi is not None and reading.t >= hi):
-        problems.append(CheckFailed("outside_range", what, f"device time {reading.t} is "
-                                    f"outside the bundle's range [{lo}, {hi})"))
-        return
-    report.readings.setdefault(reading.dev, []).append(
-        ProvenReading(e.index, reading, hashlib.sha256(e.data).digest()))
+        header = cbor.loads_strict(decode_sign1(data).protected, max_size=8192)
+    except WireError:
+        return None
+    return header.get(HEADER_X5CHAIN) if isinstance(header, dict) else None
+
+
+def _peek_dev(data: bytes) -> str | None:
+    try:
+        body = cbor.loads_strict(decode_sign1(data).payload, max_size=16 * 1024)
+    except WireError:
+        return None
+    dev = body.get("dev") if isinstance(body, dict) else None
+    return dev if isinstance(dev, str) else None
+
+
+def _not_before(cert: object) -> int:
+    """A certificate's notBefore (ms), read without checking it; 0 if it cannot be read (the
+    check that follows then names what is wrong with it)."""
+    if not isinstance(cert, bytes):
+        return 0
+    try:
+        return int(describe_certificate(cert)["not_before_ms"])
+    except CertificateRejected:
+        return 0
+
+
+# -- notes and the summary ----------------------------------------------------------------------
+
+def _note_histories(report: BundleReport) -> None:
+    """Rotations and revocations are facts a reader of the bundle should see."""
+    for dev, h in sorted(report.devices.items()):
+        if h.rotations:
+            report.notes.append(f"{dev}: key rotated by the operator entry at index "
+                                f"{', '.join(map(str, h.rotations))}")
+        if h.revoked is not None:
+            reason = f" ({h.revoke_reason})" if h.revoke_reason else ""
+            report.notes.append(f"{dev}: REVOKED by the operator entry at index "
+                                f"{h.revoked}{reason}; readings logged before it stand")
 
 
 def _note_sequences(report: BundleReport) -> None:
@@ -309,7 +656,7 @@ def _note_sequences(report: BundleReport) -> None:
             sa, sb = a.reading.seq, b.reading.seq
             if sb - sa > 1:
                 gaps.append(str(sa + 1) if sb - sa == 2 else f"{sa + 1}-{sb - 1}")
-            elif b.reading.prev != a.envelope_hash:
+            elif b.reading.prev != a.chain_hash:
                 unlinked.append(str(sb))
         if gaps:
             report.notes.append(f"{dev}: seq {', '.join(gaps)} not in the bundle")
@@ -328,25 +675,56 @@ def describe(report: BundleReport) -> str:
     h = report.head.header
     subject = report.subject
     about = f"device {subject['device']!r}" if subject.get("device") else "the entries"
+    kinds = _operator_kinds(report)
+    n_op = report.operator_entries
     lines = [f"OK: bundle about {about}, device time [{_bound(subject.get('from'))}, "
              f"{_bound(subject.get('to'))})",
              f"  head: block {h.height} of chain {h.chain!r}, tree size {h.size}, root "
              f"{h.root.hex()}, ledger time {h.time}",
              f"  signed by {report.signed_by}, checked with {report.key_source}",
-             f"  {report.entries} entries, each included in that tree; {report.enrolments} "
-             f"device key(s), each proven by its enrolment entry"]
+             f"  fleet CA: {report.ca_name} (SHA-256 {report.ca_fingerprint[:16]}…), "
+             f"{report.ca_source}",
+             f"  {report.entries} entr{'y' if report.entries == 1 else 'ies'}, each included "
+             f"in that tree: the genesis entry"
+             + (f", {n_op} operator entr{'y' if n_op == 1 else 'ies'}{kinds}, each signed by "
+                f"an operator certificate of the fleet CA" if n_op else "")]
     for dev, proven in sorted(report.readings.items()):
         times = [p.reading.t for p in proven]
         lines.append(f"  {dev}: {len(proven)} reading(s), seq {proven[0].reading.seq}-"
                      f"{proven[-1].reading.seq}, device time {min(times)}..{max(times)}, "
-                     f"every device signature verified")
+                     f"every device signature verified with the key its certificate had at "
+                     f"that point of the log")
     lines += [f"  note: {n}" for n in report.notes]
-    if "NOT pinned" in report.key_source:
-        lines.append("  trust: the node key came from the bundle itself, so this shows the "
-                     "bundle is intact and self-consistent, not who signed it. Pin the node's "
-                     "public key (--node-key) obtained from its operator to make it evidence.")
+    lines += [f"  trust: {t}" for t in _trust(report)]
     return "\n".join(lines)
+
+
+def _operator_kinds(report: BundleReport) -> str:
+    counts = [(sum(h.enrolled is not None for h in report.devices.values()), "enrolment"),
+              (sum(len(h.rotations) for h in report.devices.values()), "rotation"),
+              (sum(h.revoked is not None for h in report.devices.values()), "revocation")]
+    parts = [f"{n} {name}{'' if n == 1 else 's'}" for n, name in counts if n]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _trust(report: BundleReport) -> list[str]:
+    """What the result rests on: a pinned node key, or a pinned CA (and how far that goes)."""
+    if report.node_key_pinned:
+        return []
+    if report.ca_pinned and report.node_certified:
+        return []
+    if report.ca_pinned:
+        return ["the fleet CA is pinned: every device key and operator entry above is "
+                "certified by your CA, so the readings were signed by devices it certified. "
+                "The order of the log and its ledger times rest on the node key the genesis "
+                "entry names, which no certificate binds to your CA yet: pin that key too "
+                "(--node-key) to make them evidence as well."]
+    return ["NOT pinned: the fleet CA and the node key came from the bundle itself, so this "
+            "shows the bundle is intact and self-consistent, not who signed it. Pin the fleet "
+            "CA certificate (--ca) or the node's public key (--node-key), obtained from the "
+            "consortium out of band, to make it evidence."]
 
 
 def _bound(t: int | None) -> str:
     return "open" if t is None else str(t)
+

@@ -1,19 +1,21 @@
 """`trustfleet proof`, `verify-bundle` and `verify-consistency` (docs/proof-bundle.md).
 
     trustfleet proof --data DIR --device ID [--from T] [--to T] [--height H] [-o FILE]
-    trustfleet verify-bundle BUNDLE.json [--node-key FILE] [--device ID]
+    trustfleet verify-bundle BUNDLE.json [--ca FILE] [--node-key FILE] [--device ID]
     trustfleet verify-consistency --old HEAD.json (--new DOC.json | --node URL | both)
                                   [--node-key FILE] [--save FILE]
 
 Times are ms since the Unix epoch or ISO 8601 with a zone (2025-11-21T08:00:00Z). Node keys
-are SubjectPublicKeyInfo, DER or PEM. Exit codes: 0 verified / written; 1 the check failed
-(each failure printed as `FAILED [reason] where: detail`) or there is nothing to prove; 2 a
-file or store could not be read, or the node could not be reached.
+are SubjectPublicKeyInfo, DER or PEM; the fleet CA (--ca) an X.509 certificate, DER or PEM.
+Exit codes: 0 verified / written; 1 the check failed (each failure printed as
+`FAILED [reason] where: detail`) or there is nothing to prove; 2 a file or store could not be
+read, or the node could not be reached.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import urllib.error
@@ -34,9 +36,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     proof = sub.add_parser(
         "proof", help="write a proof bundle of a device's readings (JSON, to stdout)",
         description="Build a self-contained proof bundle from a node's store: the device's "
-                    "readings with device time in [--from, --to), their inclusion proofs, the "
-                    "signed head, node and device keys. Check it with `trustfleet "
-                    "verify-bundle`. Safe while the node runs (read-only).")
+                    "readings with device time in [--from, --to), the genesis entry (fleet CA, "
+                    "node key) and the operator entries that enrolled and rotated the device, "
+                    "each with its inclusion proof, and the signed head. Check it with "
+                    "`trustfleet verify-bundle`. Safe while the node runs (read-only).")
     proof.add_argument("--data", type=Path, required=True,
                        help="node data folder (holding ledger.sqlite), or the sqlite file")
     proof.add_argument("--device", required=True, help="device id")
@@ -48,9 +51,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     vb = sub.add_parser(
         "verify-bundle", help="check a proof bundle offline, with no access to any node",
-        description="Check every signature and inclusion proof in a proof bundle. Exit 0 "
-                    "with a summary, 1 listing every failure, 2 if the file cannot be read.")
+        description="Check every signature, certificate and inclusion proof in a proof "
+                    "bundle. Pin the fleet CA (--ca) or the node key (--node-key) you "
+                    "obtained out of band: without either the result only shows the bundle "
+                    "is self-consistent. Exit 0 with a summary, 1 listing every failure, 2 if "
+                    "a file cannot be read.")
     vb.add_argument("bundle", type=Path, help="the bundle JSON file ('-' for stdin)")
+    vb.add_argument("--ca", type=Path, help="fleet CA certificate (X.509, DER or PEM) you "
+                    "trust; the bundle's CA must be exactly this one")
     vb.add_argument("--node-key", type=Path, help="node public key (SPKI DER or PEM) you "
                     "trust; without it the key inside the bundle is used")
     vb.add_argument("--device", help="fail unless the bundle is about this device")
@@ -104,6 +112,18 @@ def _node_key(path: Path | None) -> bytes | None:
     return data
 
 
+def _ca_cert(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    from cryptography import x509
+
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)
+    x509.load_der_x509_certificate(data)  # ValueError now rather than a puzzling failure later
+    return data
+
+
 def _proof(args: argparse.Namespace) -> int:
     from ledger_node.bundle import bundle_for_device
     from ledger_node.store import open_reader
@@ -130,9 +150,9 @@ def _proof(args: argparse.Namespace) -> int:
         args.output.write_text(text)
     else:
         sys.stdout.write(text)
-    n = len(bundle["entries"]) - len(bundle["devices"])
-    print(f"trustfleet proof: {n} reading(s) of {args.device!r} against block "
-          f"{_height(bundle)}", file=sys.stderr)
+    print(f"trustfleet proof: {_readings(bundle)} reading(s) of {args.device!r} and "
+          f"{len(bundle['entries'])} entries in all, against block {_height(bundle)}",
+          file=sys.stderr)
     return 0
 
 
@@ -142,16 +162,29 @@ def _height(bundle: dict[str, Any]) -> int:
     return parse_head(bundle["head"], "head", strict=True).header.height
 
 
+def _readings(bundle: dict[str, Any]) -> int:
+    from ledger_node.entries import KIND_READING, admin_kind
+
+    return sum(admin_kind(base64.b64decode(e["data"])) == KIND_READING
+               for e in bundle["entries"])
+
+
 def _verify_bundle(args: argparse.Namespace) -> int:
+    from hsm.certcheck import load_ca_anchor
+    from hsm.errors import CaCertificateInvalid
     from ledger_node.bundle_verify import describe, verify_bundle
 
     try:
         raw = _read(args.bundle)
         pinned = _node_key(args.node_key)
-    except (OSError, ValueError) as exc:
+        ca = _ca_cert(args.ca)
+        if ca is not None:
+            load_ca_anchor(ca)
+    except (OSError, ValueError, CaCertificateInvalid) as exc:
         print(f"trustfleet verify-bundle: cannot read input: {exc}", file=sys.stderr)
         return 2
-    report = verify_bundle(raw, pinned_node_key=pinned, expect_device=args.device)
+    report = verify_bundle(raw, pinned_node_key=pinned, pinned_ca=ca,
+                           expect_device=args.device)
     print(describe(report))
     return 0 if report.ok else 1
 

@@ -9,6 +9,10 @@ Before a proof leaves this module it is checked against the header's root; a sto
 no longer reproduces its own signed root raises TamperError (naming what), so that a damaged
 node refuses to serve a proof instead of serving a wrong one.
 
+What bundles need besides proofs: ``genesis`` (entry 0: the node key and the fleet CA) and
+``device_history`` (a device's operator entries, kinds device_enrolled / device_rotated /
+device_revoked in the entries.kind column, each re-checked through ledger_node.admin).
+
 Errors (all LedgerError):
     NotInLog         the entry, block or device asked for is not in the log (yet)   -> HTTP 404
     BadProofRequest  the request cannot be answered as asked (from > to, ...)       -> HTTP 422
@@ -20,9 +24,11 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
+from hsm.errors import CaCertificateInvalid
 from ledger_node import entries as entry_types
+from ledger_node.admin import AdminRejected, OperatorEntry, decode_operator_entry
 from ledger_node.block import BlockHeader, decode_header
 from ledger_node.errors import LedgerError, ProofError, StoreError, TamperError
 from ledger_node.merkle import (
@@ -33,11 +39,15 @@ from ledger_node.merkle import (
     verify_inclusion,
 )
 from ledger_node.subtrees import SubtreeReader
+from trustfleet import cbor
+from trustfleet.cose import decode_sign1
+from trustfleet.errors import WireError
 
 __all__ = [
-    "BadProofRequest", "ConsistencyProof", "InclusionProof", "NotInLog", "SignedHead",
-    "StoredEntry", "consistency", "enrolment_entry", "entry", "inclusion", "latest_height",
-    "node_keys", "signed_head",
+    "BadProofRequest", "ConsistencyProof", "Genesis", "InclusionProof", "NotInLog",
+    "OperatorRecord", "SignedHead", "StoredEntry", "consistency", "device_history",
+    "enrolment_entry", "entry", "genesis", "inclusion", "latest_height", "node_keys",
+    "operator_device", "signed_head",
 ]  # fmt: skip
 
 MAX_INDEX = (1 << 63) - 1
@@ -186,35 +196,118 @@ def consistency(conn: sqlite3.Connection, from_height: int,
 
 
 def node_keys(conn: sqlite3.Connection) -> dict[str, bytes]:
-    """Node id -> SPKI DER, from the genesis entry of block 0 (the only place node keys are
-    logged yet)."""
-    out: dict[str, bytes] = {}
-    for e in _block_entries(conn, 0, entry_types.GENESIS):
-        rec = _decode_admin(e.data, f"entry {e.index} (genesis)")
-        out.setdefault(str(rec["node"]), bytes(rec["node_key"]))
+    """Node id -> SPKI DER, from the genesis entry (the only place node keys are logged yet);
+    empty for an empty chain."""
+    if conn.execute("SELECT 1 FROM entries WHERE idx = 0").fetchone() is None:
+        return {}
+    g = genesis(conn)
+    return {g.node: g.node_key}
+
+
+@dataclass(frozen=True)
+class Genesis:
+    """The genesis entry (always entry 0): the chain, the node that started it, its key and the
+    fleet CA certificate (None on a chain started without one)."""
+
+    entry: StoredEntry
+    chain: str
+    node: str
+    node_key: bytes
+    ca: bytes | None
+
+
+def genesis(conn: sqlite3.Connection) -> Genesis:
+    """The chain's genesis entry, entry 0."""
+    e = entry(conn, 0)
+    where = "entry 0 (genesis)"
+    if e.kind != entry_types.GENESIS:
+        raise TamperError(where, f"entry 0 is a {e.kind!r} entry; a chain starts with its "
+                          f"genesis entry")
+    rec = _decode_admin(e.data, where)
+    chain, node, key, ca = rec.get("chain"), rec.get("node"), rec.get("node_key"), rec.get("ca")
+    if rec.get("type") != entry_types.GENESIS or not isinstance(chain, str) \
+            or not isinstance(node, str) or not isinstance(key, bytes) \
+            or not isinstance(ca, bytes | None):
+        raise TamperError(where, "not a genesis map with chain, node, node_key and ca")
+    return Genesis(e, chain, node, key, ca)
+
+
+OPERATOR_KINDS: Final = (entry_types.DEVICE_ENROLLED, entry_types.DEVICE_ROTATED,
+                         entry_types.DEVICE_REVOKED)
+
+
+@dataclass(frozen=True)
+class OperatorRecord:
+    """An operator entry about one device, checked (ledger_node.admin) at ``time``, the ledger
+    time of the block that committed it."""
+
+    entry: StoredEntry
+    time: int
+    op: OperatorEntry
+
+    @property
+    def type(self) -> str:
+        return self.op.type
+
+
+def device_history(conn: sqlite3.Connection, dev: str, *,
+                   size: int | None = None) -> list[OperatorRecord]:
+    """The operator entries about ``dev`` (enrolment, rotations, revocation) among the first
+    ``size`` entries of the log (all when None), in log order.
+
+    Each one is checked again as the node checked it when it committed it: against the fleet
+    CA of the genesis entry at its block's ledger time (``ledger_node.admin``). One that no
+    longer checks raises TamperError: the node will not put into a bundle what it cannot stand
+    behind.
+    """
+    # The payload is deterministic CBOR, so the map key "dev" is immediately followed by the
+    # device id: a byte search (in SQLite) skips the other devices' entries without decoding.
+    needle = cbor.dumps("dev") + cbor.dumps(dev)
+    rows = conn.execute(
+        "SELECT e.idx, e.height, e.kind, e.data, b.time FROM entries e "
+        "JOIN blocks b ON b.height = e.height "
+        "WHERE e.kind <> 'reading' AND e.kind IN (?, ?, ?) AND e.idx < ? "
+        "AND instr(e.data, ?) > 0 ORDER BY e.idx",
+        (*OPERATOR_KINDS, MAX_INDEX if size is None else size, needle)).fetchall()
+    found = [(StoredEntry(int(i), int(h), str(k), bytes(d)), int(t)) for i, h, k, d, t in rows]
+    found = [(e, t) for e, t in found if operator_device(e.data) == dev]
+    if not found:
+        return []
+    ca = genesis(conn).ca
+    out: list[OperatorRecord] = []
+    for e, time in found:
+        where = f"entry {e.index} ({e.kind} of {dev!r})"
+        try:
+            op = decode_operator_entry(e.data, ca, time)
+        except AdminRejected as exc:
+            raise TamperError(where, f"committed operator entry no longer checks: {exc}; "
+                              f"refusing to serve it") from None
+        except CaCertificateInvalid as exc:
+            raise TamperError("entry 0 (genesis)", f"{exc}; refusing to serve proofs that "
+                              f"rest on it") from None
+        if op.type != e.kind or op.body.get("dev") != dev:
+            raise TamperError(where, f"the entry says it is a {op.type} of "
+                              f"{op.body.get('dev')!r}")
+        out.append(OperatorRecord(e, time, op))
     return out
 
 
 def enrolment_entry(conn: sqlite3.Connection, dev: str) -> StoredEntry:
-    """The ``device_enrolled`` entry that put ``dev``'s key on the log."""
-    row = conn.execute("SELECT enrolled_height FROM devices WHERE dev = ?", (dev,)).fetchone()
-    if row is None:
-        raise NotInLog(f"no device {dev!r} is enrolled")
-    for e in _block_entries(conn, int(row[0]), entry_types.DEVICE_ENROLLED):
-        if _decode_admin(e.data, f"entry {e.index}").get("dev") == dev:
-            return e
-    raise TamperError(f"device {dev!r}", f"no enrolment entry in block {row[0]}, where the "
-                      f"device table says it was enrolled")
+    """The operator entry (``device_enrolled``) that enrolled ``dev``."""
+    for rec in device_history(conn, dev):
+        if rec.type == entry_types.DEVICE_ENROLLED:
+            return rec.entry
+    raise NotInLog(f"no device {dev!r} is enrolled")
 
 
-def _block_entries(conn: sqlite3.Connection, height: int, kind: str) -> list[StoredEntry]:
-    """The entries of one kind in block ``height`` (an index range scan, not a table scan)."""
-    row = conn.execute("SELECT first, count FROM blocks WHERE height = ?", (height,)).fetchone()
-    if row is None:
-        return []
-    rows = conn.execute("SELECT idx, height, kind, data FROM entries WHERE idx >= ? AND idx < ? "
-                        "AND kind = ? ORDER BY idx", (row[0], row[0] + row[1], kind))
-    return [StoredEntry(int(i), int(h), str(k), bytes(d)) for i, h, k, d in rows]
+def operator_device(data: bytes) -> str | None:
+    """The ``dev`` an operator entry's payload names, unchecked (for filtering only)."""
+    try:
+        body = cbor.loads_strict(decode_sign1(data).payload, max_size=16 * 1024)
+    except WireError:
+        return None
+    dev = body.get("dev") if isinstance(body, dict) else None
+    return dev if isinstance(dev, str) else None
 
 
 def _decode_admin(data: bytes, where: str) -> dict[str, Any]:

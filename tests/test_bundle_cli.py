@@ -57,6 +57,7 @@ def test_bundle_round_trip_through_the_cli(node: tuple[Path, ChainUnderTest],
     assert "OK: bundle about device 'truck-1', device time [open, open)" in got.stdout
     assert "truck-1: 8 reading(s), seq 1-8" in got.stdout
     assert "block 4 of chain 'main', tree size 15" in got.stdout
+    assert "the genesis entry, 1 operator entry (1 enrolment)" in got.stdout
     assert "NOT pinned" in got.stdout
     der = tmp_path / "node.der"
     der.write_bytes(tc.node.public_key_der())
@@ -69,6 +70,35 @@ def test_bundle_round_trip_through_the_cli(node: tuple[Path, ChainUnderTest],
         assert "checked with the pinned node key" in got.stdout and "NOT" not in got.stdout
     got = run("verify-bundle", "-", stdin=bundle.read_bytes())
     assert got.returncode == 0
+
+
+def test_verify_bundle_against_a_pinned_fleet_ca(node: tuple[Path, ChainUnderTest],
+                                                 tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from tests.pki import SoftPKI
+
+    data, tc = node
+    bundle = tmp_path / "bundle.json"
+    proof(data, bundle)
+    der = tmp_path / "ca.der"
+    der.write_bytes(tc.pki.ca_cert)
+    pem = tmp_path / "ca.pem"
+    pem.write_bytes(x509.load_der_x509_certificate(tc.pki.ca_cert).public_bytes(
+        serialization.Encoding.PEM))
+    for ca in (der, pem):
+        got = run("verify-bundle", str(bundle), "--ca", str(ca))
+        assert got.returncode == 0, got.stdout + got.stderr
+        assert "fleet CA: CN=Test Fleet CA,O=TrustFleet" in got.stdout
+        assert "the pinned fleet CA" in got.stdout
+        assert "trust: the fleet CA is pinned" in got.stdout
+    other = tmp_path / "other.der"
+    other.write_bytes(SoftPKI().ca_cert)
+    got = run("verify-bundle", str(bundle), "--ca", str(other))
+    assert got.returncode == 1 and "FAILED [wrong_ca] certificates.ca" in got.stdout
+    (tmp_path / "junk.der").write_bytes(b"not a certificate")
+    got = run("verify-bundle", str(bundle), "--ca", str(tmp_path / "junk.der"))
+    assert got.returncode == 2 and "cannot read input" in got.stderr
 
 
 def test_proof_of_a_device_time_range_and_an_older_head(node: tuple[Path, ChainUnderTest],
@@ -93,7 +123,7 @@ def test_a_broken_bundle_fails_with_its_reason_and_exit_1(node: tuple[Path, Chai
     (tmp_path / "broken.json").write_text(json.dumps(bundle))
     got = run("verify-bundle", str(tmp_path / "broken.json"))
     assert got.returncode == 1
-    assert "FAILED [bad_inclusion_proof] entries[2] (index 5)" in got.stdout
+    assert "FAILED [bad_inclusion_proof] entries[2] (index 3)" in got.stdout
     assert "bundle NOT verified: 1 problem(s)" in got.stdout
     (tmp_path / "garbage.json").write_text(json.dumps(bundle) + "\n}")
     got = run("verify-bundle", str(tmp_path / "garbage.json"))

@@ -213,3 +213,51 @@ def test_block_commit_writes_the_subtree_hashes_in_the_same_transaction(tmp_path
     assert nodes == size - size.bit_count()
     conn.close()
     tc.store.close()
+
+
+def test_device_history_is_read_from_the_operator_entries(tmp_path: Path) -> None:
+    from hsm import SoftwareSigner
+
+    a, b = Device("truck-1"), Device("truck-10")  # one id a prefix of the other
+    tc = ChainUnderTest(tmp_path / "l.sqlite", [a, b])  # genesis 0, enrolments 1, 2
+    tc.apply([a.message(a.reading())])  # 3
+    new = SoftwareSigner.generate()
+    tc.apply(admin=[tc.pki.rotate("truck-1", new, a.signer.kid)])  # 4
+    tc.apply(admin=[tc.pki.revoke("truck-10")])  # 5
+    tc.apply(admin=[tc.pki.revoke("truck-1", "retired")])  # 6
+    tc.store.close()
+    conn = open_reader(tmp_path / "l.sqlite")
+    history = proofs.device_history(conn, "truck-1")
+    assert [(r.entry.index, r.type) for r in history] == [
+        (1, "device_enrolled"), (4, "device_rotated"), (6, "device_revoked")]
+    assert [r.entry.height for r in history] == [0, 2, 4]
+    assert all(r.op.operator == "operator-1" for r in history)
+    assert [r.entry.index for r in proofs.device_history(conn, "truck-1", size=6)] == [1, 4]
+    assert [r.type for r in proofs.device_history(conn, "truck-10")] == [
+        "device_enrolled", "device_revoked"]
+    assert proofs.enrolment_entry(conn, "truck-10").index == 2
+    with pytest.raises(NotInLog, match="no device 'truck-2' is enrolled"):
+        proofs.enrolment_entry(conn, "truck-2")
+    g = proofs.genesis(conn)
+    assert g.entry.index == 0 and g.ca == tc.pki.ca_cert and g.node == "node-1"
+    assert proofs.node_keys(conn) == {"node-1": tc.node.public_key_der()}
+    conn.close()
+
+
+def test_an_operator_entry_that_no_longer_checks_is_not_served(tmp_path: Path) -> None:
+    from ledger_node.bundle import bundle_for_device
+
+    a = Device("truck-1")
+    tc = ChainUnderTest(tmp_path / "l.sqlite", [a])
+    tc.apply([a.message(a.reading())])
+    tc.store.close()
+    with sqlite3.connect(tmp_path / "l.sqlite") as conn:
+        data = bytearray(conn.execute("SELECT data FROM entries WHERE idx = 1").fetchone()[0])
+        data[-1] ^= 1  # the operator's signature
+        conn.execute("UPDATE entries SET data = ? WHERE idx = 1", (bytes(data),))
+    conn = open_reader(tmp_path / "l.sqlite")
+    with pytest.raises(TamperError, match=r"entry 1 \(device_enrolled of 'truck-1'\): "
+                                          r"committed operator entry no longer checks: "
+                                          r"bad_signature"):
+        bundle_for_device(conn, "truck-1")
+    conn.close()

@@ -34,10 +34,20 @@ def build(db: Path) -> ChainUnderTest:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "ledger.sqlite"
-    build(path).store.close()
-    yield path
+def chain(tmp_path: Path) -> ChainUnderTest:
+    tc = build(tmp_path / "ledger.sqlite")
+    tc.store.close()
+    return tc
+
+
+@pytest.fixture
+def db(chain: ChainUnderTest) -> Path:
+    return chain.store.path
+
+
+@pytest.fixture
+def ca_cert(chain: ChainUnderTest) -> bytes:
+    return chain.pki.ca_cert
 
 
 @pytest.fixture
@@ -94,18 +104,22 @@ def test_integers_sqlite_cannot_hold_get_422_not_500(client: TestClient, path: s
     assert client.get(path).status_code == 422
 
 
-def test_entry_proof_is_a_bundle_that_verifies_offline(client: TestClient) -> None:
+def test_entry_proof_is_a_bundle_that_verifies_offline(client: TestClient,
+                                                        ca_cert: bytes) -> None:
     got = client.get("/v1/entries/7/proof")
     assert got.status_code == 200
     bundle = got.json()
+    assert bundle["version"] == 2
     assert bundle["subject"] == {"device": "truck-2", "from": None, "to": None}
-    assert [e["index"] for e in bundle["entries"]] == [2, 7]  # enrolment, then the reading
-    assert bundle["devices"] == [{"dev": "truck-2", "spki": bundle["devices"][0]["spki"],
-                                  "enrolment": 2}]
-    report = verify_bundle(got.content)
+    # genesis (names the CA and the node key), truck-2's enrolment, then the reading
+    assert [e["index"] for e in bundle["entries"]] == [0, 2, 7]
+    assert bundle["certificates"] == {"ca": base64.b64encode(ca_cert).decode(), "nodes": []}
+    assert len(bundle["blocks"]) == 1  # block 0's signed header: when truck-2 was enrolled
+    report = verify_bundle(got.content, pinned_ca=ca_cert)
     assert report.ok, report.problems
     assert report.head is not None and report.head.header.height == 4
     assert [p.index for p in report.readings["truck-2"]] == [7]
+    assert report.devices["truck-2"].enrolled == 2 and report.operator_entries == 1
 
 
 def test_entry_proof_against_an_older_head(client: TestClient) -> None:
@@ -118,6 +132,16 @@ def test_entry_proof_against_an_older_head(client: TestClient) -> None:
 def test_proof_of_the_genesis_entry(client: TestClient) -> None:
     report = verify_bundle(client.get("/v1/entries/0/proof?height=0").content)
     assert report.ok and report.entries == 1 and not report.readings
+
+
+def test_proof_of_an_operator_entry_carries_the_device_history(client: TestClient) -> None:
+    bundle = client.get("/v1/entries/1/proof?height=0").json()
+    assert bundle["subject"]["device"] is None
+    assert [e["index"] for e in bundle["entries"]] == [0, 1]
+    assert bundle["blocks"] == []  # block 0 is the head: its header gives the ledger time
+    report = verify_bundle(json.dumps(bundle).encode())
+    assert report.ok, report.problems
+    assert report.operator_entries == 1 and report.devices["truck-1"].enrolled == 1
 
 
 def test_consistency_document_checks_against_a_head_saved_from_the_api(client: TestClient) -> None:

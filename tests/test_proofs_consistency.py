@@ -26,6 +26,7 @@ from ledger_node.heads import (
 )
 from ledger_node.store import Store, open_reader
 from tests.chainkit import FLEET, Device
+from tests.pki import SoftPKI
 
 T0 = 1_763_700_000_000
 
@@ -34,8 +35,9 @@ def twin_chains(tmp: Path) -> tuple[Path, Path, bytes]:
     """Chains a and b: same node key, same blocks 0-1, different readings from block 2 on."""
     node = SoftwareSigner.generate()
     dev = Device("truck-1")
-    admin = (entries.genesis("main", "node-1", node.public_key_der(), T0),
-             entries.device_enrolled("truck-1", FLEET, dev.signer.public_key_der()))
+    pki = SoftPKI()
+    admin = (entries.genesis("main", "node-1", node.public_key_der(), T0, pki.ca_cert),
+             pki.enrol("truck-1", dev.signer, FLEET))
     stores = {name: Store(tmp / name / "ledger.sqlite") for name in ("a", "b")}
     chains = {name: Chain(s, "main", "node-1", node) for name, s in stores.items()}
     batches: list[tuple[Any, ...]] = [admin, (dev.reading(), dev.reading())]
