@@ -26,7 +26,7 @@ from typing import Any, Final
 import cbor2
 
 from hsm import Signer, check_certificate, verify_es256
-from hsm.errors import CertificateRejected
+from hsm.errors import CaCertificateInvalid, CertificateRejected
 from ledger_node.validate import BAD_SIGNATURE, REVOKED_DEVICE, UNKNOWN_DEVICE, DeviceState
 from trustfleet import cbor
 from trustfleet.cose import (
@@ -135,6 +135,8 @@ def decode_operator_entry(data: bytes, ca_cert: bytes | None, at_ms: int) -> Ope
     try:
         info = check_certificate(cert, ca_cert, expected_id=None, expected_role="operator",
                                  at_ms=at_ms)
+    except CaCertificateInvalid as exc:
+        raise AdminRejected(NO_FLEET_CA, f"the chain's fleet CA is unusable: {exc}") from None
     except CertificateRejected as exc:
         reason = NOT_OPERATOR if exc.reason == "cert_role" else f"operator_{exc.reason}"
         raise AdminRejected(reason, f"operator certificate: {exc}") from None
@@ -176,6 +178,8 @@ def _device_cert(entry: OperatorEntry, ca_cert: bytes, at_ms: int) -> tuple[byte
     try:
         info = check_certificate(entry.body["cert"], ca_cert, expected_id=entry.body["dev"],
                                  expected_role="device", at_ms=at_ms)
+    except CaCertificateInvalid as exc:
+        raise AdminRejected(NO_FLEET_CA, f"the chain's fleet CA is unusable: {exc}") from None
     except CertificateRejected as exc:
         raise AdminRejected(exc.reason, f"device certificate: {exc}") from None
     return info.spki_der, info.kid, info.not_before_ms, info.not_after_ms

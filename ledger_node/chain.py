@@ -17,6 +17,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 
 from hsm import Signer
+from hsm.certcheck import load_ca_anchor
+from hsm.errors import CaCertificateInvalid
 from ledger_node import entries as entry_types
 from ledger_node.admin import (
     AdminRejected,
@@ -256,7 +258,14 @@ class Chain:
             if not empty_chain:
                 return AdminOutcome(entry_hash, kind, ADMIN_REJECTED, BAD_PAYLOAD,
                                     "a genesis entry can only start an empty chain")
-            self.ca_cert = entry_types.decode_admin(entry).get("ca")
+            ca = entry_types.decode_admin(entry).get("ca")
+            if ca is not None:
+                try:
+                    load_ca_anchor(ca)
+                except (CaCertificateInvalid, TypeError) as exc:
+                    return AdminOutcome(entry_hash, kind, ADMIN_REJECTED, "bad_fleet_ca",
+                                        f"genesis names an unusable fleet CA: {exc}")
+            self.ca_cert = ca
             return AdminOutcome(entry_hash, kind, ADMIN_ACCEPTED)
         if kind == entry_types.DEVICE_ENROLLED and entry[:1] and 0xA0 <= entry[0] <= 0xBF:
             rec = entry_types.decode_admin(entry)  # deprecated node-made enrolment

@@ -8,9 +8,9 @@ from hsm import SoftwareSigner
 from ledger_node import entries
 from ledger_node.chain import ApplyResult, Chain, Message, OrderedBatch
 from ledger_node.store import Store
+from tests.pki import SoftPKI
 from trustfleet.cose import sign1
 from trustfleet.payload import GENESIS_PREV, Reading, encode_payload
-from tests.pki import SoftPKI
 from trustfleet.topics import up_topic
 
 FLEET = "test"

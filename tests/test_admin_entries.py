@@ -164,3 +164,17 @@ def test_a_reloaded_chain_remembers_rotations_revocations_and_certificate_validi
     assert chain.devices["truck-2"].revoked_time is not None
     assert chain.devices["truck-1"].cert_not_after is not None
     assert chain.ca_cert == tc.pki.ca_cert
+
+
+def test_a_genesis_naming_an_unusable_fleet_ca_is_refused(tmp_path: Path) -> None:
+    from ledger_node import entries
+    from ledger_node.chain import OrderedBatch
+
+    pki = SoftPKI()
+    node = SoftwareSigner.generate()
+    chain = Chain(Store(tmp_path / "l.sqlite"), "main", "node-1", node)
+    device_cert = pki.issue(SoftwareSigner.generate(), "truck-1", "device")
+    result = chain.apply(OrderedBatch(T0 + 1000, "node-1", (
+        entries.genesis("main", "node-1", node.public_key_der(), T0, device_cert),)))
+    assert [a.reason for a in result.admin] == ["bad_fleet_ca"]
+    assert chain.height == -1

@@ -103,7 +103,7 @@ def sign1_from_item(item: object) -> Sign1:
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE:
         raise WireError(BAD_ENVELOPE, "signature must be a 64-byte bstr (raw r||s)")
     try:
-        header = cbor.loads_strict(protected, max_size=1024)
+        header = cbor.loads_strict(protected, max_size=8192)  # room for an x5chain
     except WireError as exc:
         raise WireError(BAD_ENVELOPE, f"protected header: {exc.detail}") from None
     if not isinstance(header, dict):
