@@ -33,9 +33,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--data", type=Path, dest="data_dir", help="agent data folder (outbox)")
     run.add_argument("--broker-host")
     run.add_argument("--broker-port", type=int)
+    run.add_argument("--gps-source", choices=("serial", "gpsd"),
+                     help="GPS from NMEA on --gps-port (serial) or from gpsd")
     run.add_argument("--gps-port", help="serial port speaking NMEA 0183 (or a pty)")
+    run.add_argument("--gpsd-host", help="gpsd's host (gps_source gpsd; 127.0.0.1)")
+    run.add_argument("--gpsd-port", type=int, help="gpsd's port (2947)")
     run.add_argument("--w1-dir", type=Path, help="1-wire sysfs devices folder")
     run.add_argument("--rfid-port", help="serial RFID reader, one tag per line (or a pty)")
+    run.add_argument("--llrp-host", help="fixed UHF RFID reader speaking LLRP")
+    run.add_argument("--llrp-port", type=int, help="its LLRP port (5084)")
     run.add_argument("--i2c-bus", help="I2C bus of the ADXL345 (a number, or a shim socket)")
     run.add_argument("--door-gpio", type=Path, help="GPIO value file of the door contact")
     run.add_argument("--rig", type=Path, help="SoftHSM test rig folder (PINs from its pins.json)")
@@ -99,8 +105,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cfg = load_agent_config(args.config, device_id=args.device_id, fleet=args.fleet,
                                 data_dir=args.data_dir, broker_host=args.broker_host,
-                                broker_port=args.broker_port, gps_port=args.gps_port,
-                                w1_dir=args.w1_dir, rfid_port=args.rfid_port,
+                                broker_port=args.broker_port, gps_source=args.gps_source,
+                                gps_port=args.gps_port, gpsd_host=args.gpsd_host,
+                                gpsd_port=args.gpsd_port, w1_dir=args.w1_dir,
+                                rfid_port=args.rfid_port, llrp_host=args.llrp_host,
+                                llrp_port=args.llrp_port,
                                 i2c_bus=args.i2c_bus, door_gpio=args.door_gpio,
                                 pkcs11_module=os.environ.get("TRUSTFLEET_PKCS11_MODULE"))
         signer = signer_from_settings(cfg.pkcs11_module, cfg.token, rig_dir=args.rig,

@@ -12,8 +12,11 @@
     reconnect_min_s = 0.5          # broker reconnect: exponential backoff with jitter
     reconnect_max_s = 30.0
     # sensors (at least one)
+    gps_source = "serial"          # "serial": NMEA 0183 on gps_port; "gpsd": gpsd's JSON
     gps_port = "/dev/ttyUSB0"      # serial port (or pty) speaking NMEA 0183
     gps_baudrate = 9600
+    gpsd_host = "127.0.0.1"        # with gps_source = "gpsd": where gpsd listens
+    gpsd_port = 2947
     gps_interval_s = 1.0           # at most one GPS reading per interval
     w1_dir = "/sys/bus/w1/devices" # 1-wire sysfs devices folder (DS18B20 probes)
     temp_interval_s = 5.0
@@ -21,6 +24,10 @@
     temp_high_c = 8.0              #   such readings are never thinned
     rfid_port = "/dev/ttyACM0"     # serial RFID reader, one tag per line
     rfid_repeat_s = 10.0           # the same tag again within this is not a new scan
+    llrp_host = "192.168.1.50"     # fixed UHF reader speaking LLRP (sllurp), also rfid_repeat_s
+    llrp_port = 5084
+    llrp_antennas = "1,2"          # antenna ports to inventory ("0": all the reader has)
+    llrp_keepalive_s = 10.0        # the reader sends a keepalive this often; 3 missed: reconnect
     i2c_bus = "1"                  # ADXL345 accelerometer: /dev/i2c-N number
     i2c_address = 83               # 0x53
     shock_floor_g = 2.0            # report a window whose peak is at least this
@@ -51,6 +58,7 @@ from trustfleet.tomlconfig import TomlConfigError, load_dataclass
 from trustfleet.topics import check_name
 
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+GPS_SOURCES = ("serial", "gpsd")
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,11 @@ class AgentConfig:
     reconnect_max_s: float = 30.0
     pkcs11_module: str = DEFAULT_PKCS11_MODULE
     token_label: str | None = None
+    gps_source: str = "serial"
     gps_port: str | None = None
     gps_baudrate: int = 9600
+    gpsd_host: str = "127.0.0.1"
+    gpsd_port: int = 2947
     gps_interval_s: float = 1.0
     w1_dir: Path | None = None
     temp_interval_s: float = 5.0
@@ -77,6 +88,10 @@ class AgentConfig:
     rfid_port: str | None = None
     rfid_baudrate: int = 9600
     rfid_repeat_s: float = 10.0
+    llrp_host: str | None = None
+    llrp_port: int = 5084
+    llrp_antennas: str = "0"
+    llrp_keepalive_s: float = 10.0
     i2c_bus: str | None = None
     i2c_address: int = 0x53
     shock_floor_g: float = 2.0
@@ -96,6 +111,11 @@ class AgentConfig:
         return self.token_label or self.device_id
 
     @property
+    def llrp_antenna_ports(self) -> tuple[int, ...]:
+        """`llrp_antennas` as port numbers (0 alone: every antenna of the reader)."""
+        return parse_antennas(self.llrp_antennas)
+
+    @property
     def outbox_path(self) -> Path:
         return self.data_dir / "outbox.sqlite"
 
@@ -109,10 +129,22 @@ class AgentConfig:
             check_name(self.fleet, "fleet")
         except ValueError as exc:
             raise AgentConfigError(str(exc)) from None
-        if not 1 <= self.broker_port <= 65535:
-            raise AgentConfigError(f"broker_port {self.broker_port} is not a port number")
+        for name in ("broker_port", "gpsd_port", "llrp_port"):
+            if not 1 <= getattr(self, name) <= 65535:
+                raise AgentConfigError(f"{name} {getattr(self, name)} is not a port number")
+        if self.gps_source not in GPS_SOURCES:
+            raise AgentConfigError(f"gps_source must be one of {', '.join(GPS_SOURCES)}, "
+                                   f"got {self.gps_source!r}")
+        if self.gps_source == "gpsd" and self.gps_port:
+            raise AgentConfigError('gps_port is for gps_source = "serial"; with "gpsd" the '
+                                   "receiver is gpsd's (set gpsd_host and gpsd_port)")
+        try:
+            parse_antennas(self.llrp_antennas)
+        except ValueError as exc:
+            raise AgentConfigError(f"llrp_antennas: {exc}") from None
         for name in ("gps_interval_s", "temp_interval_s", "resend_after_s", "resend_max_s",
-                     "reconnect_min_s", "reconnect_max_s", "shock_window_s"):
+                     "reconnect_min_s", "reconnect_max_s", "shock_window_s",
+                     "llrp_keepalive_s"):
             if not 0.05 <= getattr(self, name) <= 86_400:
                 raise AgentConfigError(f"{name} must be between 0.05 and 86400 seconds")
         if self.reconnect_min_s > self.reconnect_max_s:
@@ -136,10 +168,25 @@ class AgentConfig:
         if (self.tls_cert is None) != (self.tls_key is None) or (
                 self.tls_cert is not None and self.tls_ca is None):
             raise AgentConfigError("tls_cert and tls_key go together, and need tls_ca")
-        if not any((self.gps_port, self.w1_dir, self.rfid_port, self.i2c_bus, self.door_gpio)):
-            raise AgentConfigError("no sensor configured: set gps_port, w1_dir, rfid_port, "
-                                   "i2c_bus and/or door_gpio")
+        if not any((self.gps_port, self.gps_source == "gpsd", self.w1_dir, self.rfid_port,
+                    self.llrp_host, self.i2c_bus, self.door_gpio)):
+            raise AgentConfigError("no sensor configured: set gps_port (or gps_source = "
+                                   '"gpsd"), w1_dir, rfid_port, llrp_host, i2c_bus and/or '
+                                   "door_gpio")
         return self
+
+
+def parse_antennas(text: str) -> tuple[int, ...]:
+    """"1,2" -> (1, 2); "0" -> (0,), every antenna. Raises ValueError."""
+    try:
+        ports = tuple(int(part) for part in text.replace(" ", "").split(","))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of antenna ports") from None
+    if ports == (0,):
+        return ports
+    if not ports or len(set(ports)) != len(ports) or not all(1 <= p <= 64 for p in ports):
+        raise ValueError(f"{text!r}: antenna ports are 1..64, each once (or 0 alone: all)")
+    return ports
 
 
 def load_agent_config(path: Path | None, **overrides: Any) -> AgentConfig:

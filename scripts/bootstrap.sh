@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything TrustFleet needs on a Debian machine, idempotently:
-#   - Debian packages (mosquitto, softhsm2), installed with apt-get only when missing
-#   - a .venv with the project and its dev tools installed (re-done only when pyproject.toml changes)
+#   - Debian packages (mosquitto, softhsm2, gpsd, gpsd-clients), installed with apt-get only
+#     when missing. gpsd-clients is the package that ships gpsfake (gpsd's log replayer, which
+#     the GPS hardware tests use); its own dependencies (matplotlib, GTK) come with it.
+#   - a .venv with the project, its dev tools and the LLRP extra (sllurp) installed (re-done
+#     only when pyproject.toml changes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +14,8 @@ VENV="${VENV:-.venv}"
 need_pkgs=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
 [ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null 2>&1 || need_pkgs+=(softhsm2)
+command -v gpsd >/dev/null 2>&1 || [ -x /usr/sbin/gpsd ] || need_pkgs+=(gpsd)
+command -v gpsfake >/dev/null 2>&1 || [ -x /usr/bin/gpsfake ] || need_pkgs+=(gpsd-clients)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -36,7 +41,7 @@ stamp="$VENV/.trustfleet-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing trustfleet into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  "$VENV/bin/python" -m pip install -q -e '.[dev,llrp]'
   touch "$stamp"
 fi
 echo "bootstrap: ready ($("$VENV/bin/python" --version), mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}'))"

@@ -7,15 +7,18 @@ The whole tree::
         ├── SerialLineError        one bad line from a serial device: log it, count it, go on
         ├── SensorReadError        one bad reading from a sensor (e.g. a DS18B20 CRC mismatch):
         │                          log it, count it, try again at the next read
-        └── DeviceUnavailable      the port or sysfs file is missing or went away: retry later
+        ├── ProtocolError          one bad message from a device on the network (a gpsd JSON
+        │                          line, an LLRP message): log it, count it, go on
+        └── DeviceUnavailable      the port, socket or sysfs file is missing or went away:
+                                   retry later
 
 Each error carries a machine-readable ``reason`` (a short snake_case string such as
 ``bad_checksum`` or ``power_on_reset``) so counters and logs can group them; the message is
 for people.
 
 Foreign exceptions (``serial.SerialException``, ``OSError``, ``pynmea2.ParseError``,
-``ValueError`` from field conversion) are translated into these at the one place where they
-enter our code and nowhere else.
+``json.JSONDecodeError``, sllurp's ``LLRPError``, ``ValueError`` from field conversion) are
+translated into these at the one place where they enter our code and nowhere else.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from edge_agent.errors import EdgeAgentError
 __all__ = [
     "CollectorError",
     "DeviceUnavailable",
+    "ProtocolError",
     "SensorReadError",
     "SerialLineError",
 ]
@@ -58,6 +62,20 @@ class SensorReadError(CollectorError):
     def __init__(self, reason: str, device: str = "", message: str | None = None) -> None:
         self.device = device
         super().__init__(reason, f"{device}: {message}" if device and message else message)
+
+
+class ProtocolError(CollectorError):
+    """One message from a network device was rejected (bad JSON, bad framing, bad field).
+
+    ``evidence`` holds the offending bytes (cut to 200 bytes). The collector logs and counts
+    the error and carries on with the next message.
+    """
+
+    MAX_EVIDENCE = 200
+
+    def __init__(self, reason: str, evidence: bytes = b"", message: str | None = None) -> None:
+        self.evidence = bytes(evidence[: self.MAX_EVIDENCE])
+        super().__init__(reason, message)
 
 
 class DeviceUnavailable(CollectorError):

@@ -7,11 +7,12 @@ dBm and the antenna port, separated by commas, semicolons or spaces::
     3074257BF7194E4000001A85,-61.5,2
 
 Each scan becomes an ``rfid`` sample ``{"epc": URI or None, "hex": ..., "scheme": ...,
-"decoded": bool, "rssi": ..., "antenna": ...}``; undecodable EPCs are kept raw with
-``decoded`` false and counted (``undecodable``). A reader reports a tag in its field many
-times a second: the same EPC again within ``repeat_s`` (on the agent's clock) is counted
-as ``repeats`` and not sampled. A line that is not a tag (garbage at a wrong baud rate, a
-bad RSSI) is counted as a bad line and skipped, never a crash.
+"decoded": bool, "rssi": ..., "antenna": ...}`` (edge_agent.collectors.rfid_scan, shared
+with the LLRP collector); undecodable EPCs are kept raw with ``decoded`` false and counted
+(``undecodable``). A reader reports a tag in its field many times a second: the same EPC
+again within ``repeat_s`` (on the agent's clock) is counted as ``repeats`` and not sampled.
+A line that is not a tag (garbage at a wrong baud rate, a bad RSSI) is counted as a bad
+line and skipped, never a crash.
 
 The serial shell (open, backoff, reconnect, line splitting) is SerialGpsCollector's,
 with the NMEA decoding replaced by tag parsing.
@@ -23,9 +24,10 @@ import logging
 import re
 
 from edge_agent.collectors.base import Clock, Sample, system_clock
-from edge_agent.collectors.epc import decode_epc, normalise_hex
+from edge_agent.collectors.epc import normalise_hex
 from edge_agent.collectors.errors import SerialLineError
 from edge_agent.collectors.gps_serial import SerialGpsCollector
+from edge_agent.collectors.rfid_scan import ScanFilter
 
 __all__ = ["SerialRfidCollector", "parse_tag_line"]
 
@@ -61,9 +63,7 @@ class SerialRfidCollector(SerialGpsCollector):
     def __init__(self, port: str, baudrate: int = 9600, *, clock: Clock = system_clock,
                  repeat_s: float = 10.0, read_timeout: float = 0.05) -> None:
         super().__init__(port, baudrate, read_timeout=read_timeout)
-        self.clock = clock
-        self.repeat_ms = int(repeat_s * 1000)
-        self._seen: dict[str, int] = {}
+        self.scans = ScanFilter(clock, repeat_s, self.stats, port)
 
     def _feed(self, line: bytes) -> list[Sample]:
         if not line.strip():
@@ -76,20 +76,5 @@ class SerialRfidCollector(SerialGpsCollector):
             self.stats[f"bad:{err.reason}"] += 1
             log.debug("rfid %s: bad line (%s): %r", self.port, err.reason, err.line)
             return []
-        t_ms, source = self.clock()
-        last = self._seen.get(epc)
-        if last is not None and last <= t_ms < last + self.repeat_ms:
-            self.stats["repeats"] += 1
-            return []
-        self._seen[epc] = t_ms
-        if len(self._seen) > 10_000:  # forget the oldest tags
-            for key in list(self._seen)[:5_000]:
-                del self._seen[key]
-        result = decode_epc(epc)
-        if not result.decoded:
-            self.stats["undecodable"] += 1
-            log.info("rfid %s: tag %s kept raw (%s)", self.port, epc, result.reason)
-        self.stats["samples"] += 1
-        return [Sample("rfid", {"epc": result.uri, "hex": epc, "scheme": result.scheme,
-                                "decoded": result.decoded, "rssi": rssi, "antenna": antenna},
-                       t_ms, source)]
+        sample = self.scans.sample(epc, rssi, antenna)
+        return [] if sample is None else [sample]
