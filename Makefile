@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= var
 
-.PHONY: setup demo test bench lint check clean
+.PHONY: setup demo test bench bench-history lint check clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -14,8 +14,14 @@ demo: setup ## a live fleet on the embedded defaults: broker, SoftHSM rig, one l
 test: setup ## every test that can run here, with real Mosquitto, SoftHSM2 and SQLite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: setup ## throughput and latency through the real broker into a real node
+bench: setup ## throughput and latency through the real broker into a real node, latency under a flood, history at 1M entries
 	$(PY) -m ledger_node.bench $(BENCH_ARGS)
+	$(PY) -m edge_agent.bench $(AGENT_BENCH_ARGS)
+	$(PY) -m ledger_node.bench_flood $(FLOOD_BENCH_ARGS)
+	$(PY) -m ledger_node.bench_history --entries 1000000 --devices 100 --queries 200
+
+bench-history: setup ## one device's day of history in a 10-million-entry chain (a few minutes)
+	$(PY) -m ledger_node.bench_history $(HISTORY_BENCH_ARGS)
 
 lint: setup ## ruff over everything, mypy over the packages
 	$(VENV)/bin/ruff check .

@@ -27,13 +27,23 @@ from ledger_node.block import decode_header
 from ledger_node.bundle import bundle_for_entry
 from ledger_node.errors import LedgerError
 from ledger_node.heads import consistency_json
+from ledger_node.history import readings_query
 from ledger_node.merkle import leaf_hash
 from ledger_node.proofs import MAX_INDEX, BadProofRequest, NotInLog
+from ledger_node.quarantine_query import (
+    QuarantineFilter,
+    decode_cursor,
+    get_item,
+    list_page,
+    parse_time,
+)
 from ledger_node.store import open_reader
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboards" / "static"
 MAX_LIMIT = 1000
 DEVICE_MS = "device time, ms since the Unix epoch"
+RECEIVED_AT = "received at or after: ms since the Unix epoch, or ISO 8601 with a zone"
+RECEIVED_BEFORE = "received before: ms since the Unix epoch, or ISO 8601 with a zone"
 EntryIndex = Annotated[int, PathParam(ge=0, le=MAX_INDEX, description="leaf index in the log")]
 Height = Annotated[int | None, Query(ge=0, le=MAX_INDEX,
                                      description="block height (default: the newest block)")]
@@ -156,7 +166,7 @@ def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None
                  "contiguous_seq": r["contiguous_seq"], "readings": r["readings"],
                  "gaps": r["gaps"], "prev_mismatches": r["prev_mismatches"]} for r in rows]
 
-    @app.get("/v1/devices/{device_id}/readings", tags=["devices"])
+    @app.get("/v1/devices/{device_id}/readings", tags=["devices"], response_model=None)
     def readings(
         device_id: str,
         since: Annotated[int | None, Query(alias="from", ge=0, le=MAX_INDEX,
@@ -166,58 +176,61 @@ def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None
         kind: Annotated[str | None, Query(max_length=32)] = None,
         after_seq: Annotated[int, Query(ge=0, le=MAX_INDEX)] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-    ) -> dict[str, Any]:
-        sql = ("SELECT idx, seq, t, ts, k, d, flags, height, ledger_time FROM readings "
-               "WHERE dev = ? AND seq > ?")
-        args: list[Any] = [device_id, after_seq]
-        if since is not None:
-            sql += " AND t >= ?"
-            args.append(since)
-        if until is not None:
-            sql += " AND t < ?"
-            args.append(until)
-        if kind is not None:
-            sql += " AND k = ?"
-            args.append(kind)
-        sql += " ORDER BY seq LIMIT ?"
-        args.append(limit)
+    ) -> JSONResponse:
+        """A device's readings in seq order, `limit` a page (next page: after_seq =
+        next_after_seq). The body is built as plain JSON: a day of readings is a thousand
+        rows, which FastAPI's generic encoder would take longer to walk than the query."""
+        sql, args = readings_query(device_id, since, until, kind, after_seq, limit)
         with db() as conn:
             if conn.execute("SELECT 1 FROM devices WHERE dev = ?", (device_id,)).fetchone() is None:
                 raise HTTPException(404, f"no device {device_id!r}")
-            rows = conn.execute(sql, args).fetchall()
-        items = [{"entry": r["idx"], "seq": r["seq"], "device_time": r["t"],
-                  "time_source": r["ts"], "kind": r["k"], "values": json.loads(r["d"]),
-                  "flags": [f for f in r["flags"].split(",") if f], "block": r["height"],
-                  "ledger_time": r["ledger_time"]} for r in rows]
+            cur = conn.execute(sql, args)
+            cur.row_factory = None  # plain tuples, in history.COLUMNS order
+            rows = cur.fetchall()
+        items = [{"entry": idx, "seq": seq, "device_time": t, "time_source": ts, "kind": k,
+                  "values": json.loads(d), "flags": flags.split(",") if flags else [],
+                  "block": height, "ledger_time": ledger_time}
+                 for idx, seq, t, ts, k, d, flags, height, ledger_time in rows]
         next_seq = items[-1]["seq"] if len(items) == limit else None
-        return {"device": device_id, "readings": items, "next_after_seq": next_seq}
+        return JSONResponse({"device": device_id, "readings": items, "next_after_seq": next_seq})
 
     @app.get("/v1/quarantine", tags=["quarantine"])
     def quarantine(
         reason: Annotated[str | None, Query(max_length=64)] = None,
         device: Annotated[str | None, Query(max_length=64)] = None,
+        since: Annotated[str | None, Query(max_length=40, description=RECEIVED_AT)] = None,
+        until: Annotated[str | None, Query(max_length=40, description=RECEIVED_BEFORE)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-        before_id: Annotated[int | None, Query(ge=1, le=MAX_INDEX)] = None,
+        cursor: Annotated[str | None, Query(max_length=24,
+                                            description="next_cursor of the previous page")]
+        = None,
+        before_id: Annotated[int | None, Query(ge=1, le=MAX_INDEX,
+                                               description="older form of cursor")] = None,
+        include_raw: bool = False,
     ) -> dict[str, Any]:
-        sql = "SELECT id, received, reason, detail, topic, dev, size, sha256, raw FROM quarantine"
-        where, args = [], []  # type: ignore[var-annotated]
-        for clause, value in (("reason = ?", reason), ("dev = ?", device),
-                              ("id < ?", before_id)):
-            if value is not None:
-                where.append(clause)
-                args.append(value)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
+        """Rejected input, newest first, with what is stored and what was only summarised
+        (counted) beyond the quarantine's caps. Raw bytes: `include_raw=true`, or one item."""
+        try:
+            f = QuarantineFilter(reason, device, None if since is None else parse_time(since),
+                                 None if until is None else parse_time(until))
+            before = decode_cursor(cursor) if cursor is not None else before_id
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
         with db() as conn:
-            rows = conn.execute(sql, args).fetchall()
-            counts = dict(conn.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason")
-                          .fetchall())
-        return {"counts": counts, "items": [
-            {"id": r["id"], "received": r["received"], "reason": r["reason"],
-             "detail": r["detail"], "topic": r["topic"], "device": r["dev"], "size": r["size"],
-             "sha256": bytes(r["sha256"]).hex(), "raw": b64(bytes(r["raw"]))} for r in rows]}
+            return list_page(conn, f, limit=limit, before=before, include_raw=include_raw)
+
+    @app.get("/v1/quarantine/{item_id}", tags=["quarantine"])
+    def quarantine_item(
+        item_id: Annotated[int, PathParam(ge=1, le=MAX_INDEX)],
+    ) -> dict[str, Any]:
+        """One stored item: every field, the raw bytes (base64, at most 64 KiB of them), and
+        CBOR diagnostic notation of them when they are one CBOR item."""
+        with db() as conn:
+            item = get_item(conn, item_id)
+        if item is None:
+            raise HTTPException(404, f"no quarantined item {item_id} (never stored, or "
+                                "evicted into the summary)")
+        return item
 
     @app.get("/", include_in_schema=False, response_model=None)
     def dashboard() -> FileResponse | JSONResponse:

@@ -9,6 +9,7 @@ TRUSTFLEET_PKCS11_MODULE for the PKCS#11 module path.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -19,9 +20,11 @@ from types import FrameType
 
 from hsm import Pkcs11Signer, signer_from_settings
 from hsm.errors import HsmError
-from ledger_node import proof_cli
+from ledger_node import proof_cli, quarantine_cli
 from ledger_node.config import load_config
-from ledger_node.errors import LedgerError
+from ledger_node.errors import LedgerError, TamperError
+
+EXIT_DAMAGED_STORE = 3
 
 log = logging.getLogger("trustfleet.node")
 
@@ -31,7 +34,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     node_sub = node.add_subparsers(dest="node_command", required=True)
     run = node_sub.add_parser(
         "run", help="ingest readings from MQTT, commit signed blocks, serve the API",
-        description="Run one ledger node with solo ordering until SIGTERM or Ctrl-C.")
+        description="Run one ledger node with solo ordering until SIGTERM or Ctrl-C. At start "
+                    "it checks its tip (last block's hash, prev link, signature, root against "
+                    "the stored frontier and subtree table). Exit 2 on a configuration error, "
+                    "3 if the store is damaged.")
     run.add_argument("--config", type=Path, help="TOML file with a [node] table")
     run.add_argument("--data", type=Path, dest="data_dir", help="node data folder (var/node-1)")
     run.add_argument("--node-id", help="this node's id (node-1)")
@@ -49,8 +55,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     verify = sub.add_parser(
         "verify", help="re-check every block, Merkle root and signature in a node's store",
-        description="Check a node's store from disk. Exit 0 with a summary, 1 naming the first "
-                    "bad block or entry, 2 if the store cannot be read.")
+        description="Check a node's store from disk: the log (blocks, entries, signatures) "
+                    "and every row derived from it (readings, devices, merkle_nodes). Exit 0 "
+                    "with a chain report (per-device gaps and broken prev links), 1 naming "
+                    "the first bad block or entry and every damaged index row, 2 if the "
+                    "store cannot be read.")
     verify.add_argument("--data", type=Path, required=True,
                         help="node data folder (holding ledger.sqlite), or the sqlite file")
     verify.add_argument("--node-key", type=Path,
@@ -59,6 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.set_defaults(func=_verify)
 
     proof_cli.register(sub)  # proof, verify-bundle, verify-consistency
+    quarantine_cli.register(sub)  # quarantine list|show
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -89,17 +99,28 @@ def serve(cfg: object, signer: Pkcs11Signer) -> int:
     from ledger_node.node import LedgerNode
 
     assert isinstance(cfg, NodeConfig)
-    node = LedgerNode(cfg, signer)
     try:
+        node = LedgerNode(cfg, signer)
         node.prepare()
+    except TamperError as exc:
+        print(f"trustfleet node: refusing to start: the store {cfg.db_path} is damaged: {exc}\n"
+              f"trustfleet node: `trustfleet verify --data {cfg.data_dir}` checks all of it",
+              file=sys.stderr)
+        signer.close()
+        return EXIT_DAMAGED_STORE
     except LedgerError as exc:
         print(f"trustfleet node: {exc}", file=sys.stderr)
+        signer.close()
         return 2
     server = uvicorn.Server(uvicorn.Config(create_app(cfg.db_path, node.status),
                                            host=cfg.api_host, port=cfg.api_port,
                                            log_level="warning", lifespan="off"))
     api_thread = threading.Thread(target=server.run, name="api", daemon=True)
     api_thread.start()
+    # Everything allocated so far lives as long as the process: keep the collector from
+    # walking it again and again (full collections otherwise add tens of ms to API answers).
+    gc.collect()
+    gc.freeze()
     node.connect()
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -123,7 +144,7 @@ def serve(cfg: object, signer: Pkcs11Signer) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from ledger_node.verify import verify_store
+    from ledger_node.verify import describe, verify_store
 
     db = args.data if args.data.is_file() else args.data / "ledger.sqlite"
     node_key = args.node_key.read_bytes() if args.node_key else None
@@ -141,13 +162,5 @@ def _verify(args: argparse.Namespace) -> int:
     except LedgerError as exc:
         print(f"trustfleet verify: {exc}", file=sys.stderr)
         return 2
-    if not report.ok:
-        for problem in report.problems:
-            print(f"FAILED: {problem.where}: {problem.detail}")
-        print(f"checked {report.blocks} good blocks before the failure")
-        return 1
-    print(f"OK: {report.blocks} blocks (height {report.height}), {report.entries} entries, "
-          f"{report.readings} readings from {report.devices} devices; every block link, Merkle "
-          f"root, node signature ({report.node_key_source}) and device signature verified; "
-          f"tree root {report.root.hex()}")
-    return 0
+    print(describe(report))
+    return 0 if report.ok else 1

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger_node.errors import ConfigError
+from ledger_node.quarantine import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, QuarantineLimits
 from trustfleet.tomlconfig import TomlConfigError, load_dataclass
 
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -33,10 +34,23 @@ class NodeConfig:
     max_block_entries: int = 10_000
     max_message_bytes: int = 1 << 20
     ingest_queue: int = 100_000
+    """Messages from enrolled devices' topics held before ingest pushes back on the broker."""
+    ingest_suspect_queue: int = 20_000
+    ingest_suspect_bytes: int = 64 * 1024 * 1024
+    """Caps on queued suspect input (ledger_node.ingest); beyond them it is summarised."""
+    ingest_suspect_share: float = 0.25
+    """Largest share of the apply thread's time spent on suspect input under load."""
+    quarantine_max_rows: int = DEFAULT_MAX_ROWS
+    quarantine_max_bytes: int = DEFAULT_MAX_BYTES
+    """Caps on stored rejected input; older rows are summarised (ledger_node.quarantine)."""
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "ledger.sqlite"
+
+    @property
+    def quarantine_limits(self) -> QuarantineLimits:
+        return QuarantineLimits(self.quarantine_max_rows, self.quarantine_max_bytes)
 
     def validate(self) -> NodeConfig:
         if not 1 <= self.broker_port <= 65535 or not 0 <= self.api_port <= 65535:
@@ -45,6 +59,14 @@ class NodeConfig:
             raise ConfigError("block_interval_ms must be between 10 and 60000")
         if not 1 <= self.max_block_entries <= 1_000_000:
             raise ConfigError("max_block_entries must be between 1 and 1000000")
+        for name in ("ingest_queue", "ingest_suspect_queue", "ingest_suspect_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if not 0.01 <= self.ingest_suspect_share <= 0.9:
+            raise ConfigError("ingest_suspect_share must be between 0.01 and 0.9")
+        for name in ("quarantine_max_rows", "quarantine_max_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 (summarise everything) or more")
         return self
 
 

@@ -1,11 +1,15 @@
 """The ledger node process: MQTT ingest -> ordering -> block application -> receipts, plus API.
 
 Threads and what they own:
-  * paho's network thread: receives `up` messages and puts them on a bounded queue;
+  * paho's network thread: receives `up` messages and puts them in the ingest inbox
+    (ledger_node.ingest: device lanes served round-robin, suspect input in idle time);
   * the apply thread (`run`): the only user of the writer store and of the HSM signer;
   * uvicorn's thread: serves the API from read-only store connections.
-A message is acknowledged to the broker when it is queued; a device learns it is committed
-only from a receipt, and resends what is not receipted, so a crash loses nothing.
+A message is acknowledged to the broker when it is queued (or, when suspect input overflows,
+counted in the quarantine summary); a device learns it is committed only from a receipt, and
+resends what is not receipted, so a crash loses nothing.
+
+At start the node checks its tip (ledger_node.tipcheck) and refuses to run on a damaged store.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import queue
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +35,16 @@ from ledger_node import entries
 from ledger_node.chain import ApplyResult, Chain, Message
 from ledger_node.config import NodeConfig
 from ledger_node.errors import ConfigError
+from ledger_node.ingest import FairInbox, Taken
 from ledger_node.ordering import SoloOrderer, wall_clock_ms
-from ledger_node.store import Store
+from ledger_node.quarantine import OVERLOAD
+from ledger_node.store import QuarantineRow, Store
+from ledger_node.tipcheck import check_tip
 from trustfleet.receipt import Receipt
 from trustfleet.topics import UP_SUBSCRIPTION, receipt_topic
 
 log = logging.getLogger("trustfleet.node")
+REJECT_LOG_S = 10.0
 
 
 @dataclass
@@ -46,7 +54,7 @@ class NodeStats:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     received: int = 0
-    dropped_queue_full: int = 0
+    shed: int = 0
     window: deque[tuple[float, int]] = field(default_factory=deque)
     window_s: float = 10.0
 
@@ -65,6 +73,7 @@ class NodeStats:
     def as_dict(self) -> dict[str, Any]:
         return {"accepted": self.accepted, "duplicates": self.duplicates,
                 "rejected": dict(self.rejected), "received": self.received,
+                "summarised_unexamined": self.shed,
                 "readings_per_s": round(self.rate, 2),
                 "uptime_s": round(time.monotonic() - self.started, 1)}
 
@@ -83,10 +92,23 @@ class LedgerNode:
     def __init__(self, cfg: NodeConfig, signer: Signer) -> None:
         self.cfg = cfg
         self.signer = signer
-        self.store = Store(cfg.db_path)
-        self.chain = Chain(self.store, cfg.chain, cfg.node_id, signer)
+        self.store = Store(cfg.db_path, quarantine=cfg.quarantine_limits)
+        try:
+            check_tip(self.store.conn, cfg.node_id, signer.public_key_der())
+            self.chain = Chain(self.store, cfg.chain, cfg.node_id, signer)
+        except BaseException:
+            self.store.close()
+            raise
         self.orderer = SoloOrderer(cfg.node_id, last_time=self.chain.time)
-        self.inbox: queue.Queue[Message] = queue.Queue(maxsize=cfg.ingest_queue)
+        self.inbox = FairInbox(self._enrolled, good_max=cfg.ingest_queue,
+                               suspect_max=cfg.ingest_suspect_queue,
+                               suspect_max_bytes=cfg.ingest_suspect_bytes,
+                               max_message_bytes=cfg.max_message_bytes)
+        self._rejected_topics: Counter[str] = Counter()
+        self.store.on_quarantine = self._count_rejects
+        self._suspect_cost = 1e-4  # seconds per suspect message, learnt as they are applied
+        self._rejects: Counter[str] = Counter()
+        self._rejects_since = time.monotonic() - REJECT_LOG_S
         self.stats = NodeStats()
         self.stop_event = threading.Event()
         self.connected = threading.Event()
@@ -143,32 +165,88 @@ class LedgerNode:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.stats.received += 1
-        # Blocking here when the queue is full pushes back on the broker, which holds the
-        # QoS 1 messages for us: nothing is dropped.
+        # For device lanes, put() waits while they are full, which pushes back on the broker
+        # (it holds QoS 1 messages for us); suspect input beyond its cap is summarised.
         self.inbox.put(Message(msg.topic, bytes(msg.payload), wall_clock_ms()))
+
+    def _enrolled(self, fleet: str, dev: str) -> bool:
+        """Called on paho's thread: a dict lookup in the apply thread's state, nothing else."""
+        state = self.chain.devices.get(dev)
+        return state is not None and state.fleet == fleet and state.revoked_height is None
 
     # -- apply loop (apply thread) ---------------------------------------------------------
     def run(self) -> None:
+        """Each cycle: suspect input in short slices, within its share of the time, while
+        waiting for the block deadline (or a full block); then the device lanes' batch; then
+        what ingest summarised. Valid batches never wait for more than one slice."""
         interval = self.cfg.block_interval_ms / 1000
+        slice_s = max(0.005, interval / 10)
+        share = self.cfg.ingest_suspect_share
+        limit = self.cfg.max_block_entries
+        next_slice = 0.0
         while not self.stop_event.is_set():
             deadline = time.monotonic() + interval
-            batch = self._collect(deadline)
-            if batch:
-                self._apply([], batch)
-        rest = self._collect(time.monotonic())
-        if rest:
-            self._apply([], rest)
+            while not self.stop_event.is_set():
+                now = time.monotonic()
+                if self.inbox.good >= limit or now >= deadline:
+                    break
+                if self.inbox.suspect and now >= next_slice:
+                    took = self._apply_suspect(slice_s)
+                    next_slice = time.monotonic() + took * (1 - share) / share
+                    continue
+                pending = self.inbox.suspect > 0
+                self.inbox.wait(min(deadline, next_slice) if pending else deadline, limit,
+                                wake_on_suspect=not pending)
+            batch = self.inbox.take_good(limit)
+            if batch.messages:
+                self._apply_messages(batch)
+            self._flush_shed()
+        self.inbox.close()
+        while (rest := self.inbox.take_good(limit)).messages:
+            self._apply_messages(rest)
+        while (rest := self.inbox.take_suspect(limit)).messages:
+            self._apply_messages(rest)
+        self._flush_shed()
 
-    def _collect(self, deadline: float) -> list[Message]:
-        batch: list[Message] = []
-        while len(batch) < self.cfg.max_block_entries:
-            timeout = deadline - time.monotonic()
-            try:
-                batch.append(self.inbox.get(timeout=timeout) if timeout > 0
-                             else self.inbox.get_nowait())
-            except queue.Empty:
-                break
-        return batch
+    def _apply_suspect(self, slice_s: float) -> float:
+        """One slice of suspect input, sized to take about `slice_s` at the recent cost;
+        returns the time it took."""
+        n = int(min(self.cfg.max_block_entries, max(16, slice_s / self._suspect_cost)))
+        batch = self.inbox.take_suspect(n)
+        if not batch.messages:
+            return 0.0
+        start = time.perf_counter()
+        self._apply_messages(batch)
+        took = time.perf_counter() - start
+        self._suspect_cost = max(1e-6, 0.7 * self._suspect_cost
+                                 + 0.3 * took / len(batch.messages))
+        return took
+
+    def _apply_messages(self, batch: Taken) -> None:
+        self._rejected_topics.clear()
+        self._apply([], batch.messages)
+        self.inbox.feedback(batch, dict(self._rejected_topics))
+
+    def _count_rejects(self, rows: Sequence[QuarantineRow]) -> None:
+        self._rejected_topics.update(r.topic for r in rows)
+
+    def _log_rejects(self, rejected: dict[str, int]) -> None:
+        """One warning per REJECT_LOG_S at most: a flood must not flood the log too."""
+        self._rejects.update(rejected)
+        now = time.monotonic()
+        if self._rejects and now - self._rejects_since >= REJECT_LOG_S:
+            log.warning("quarantined %d message(s) in %.0f s: %s", sum(self._rejects.values()),
+                        now - self._rejects_since, dict(self._rejects.most_common()))
+            self._rejects.clear()
+            self._rejects_since = now
+
+    def _flush_shed(self) -> None:
+        tallies = self.inbox.take_shed()
+        if tallies:
+            n = sum(t.count for t in tallies)
+            self.stats.shed += n
+            self.store.add_quarantine_summary(tallies)
+            self._log_rejects({OVERLOAD: n})  # summarised unexamined: ingest overload
 
     def _apply(self, admin: list[bytes], messages: list[Message]) -> ApplyResult:
         result = self.chain.apply(self.orderer.order(admin, messages))
@@ -180,8 +258,7 @@ class LedgerNode:
             log.debug("block %d: %d entries, %d accepted, %d duplicates, rejected %s",
                       result.header.height, result.header.count, result.accepted,
                       result.duplicates, result.rejected or "none")
-        for reason, n in result.rejected.items():
-            log.warning("quarantined %d message(s): %s", n, reason)
+        self._log_rejects(result.rejected)
         self._publish_receipts(result.touched)
         return result
 
@@ -203,10 +280,12 @@ class LedgerNode:
         return {"node": self.cfg.node_id, "chain": self.cfg.chain, "height": self.chain.height,
                 "size": self.chain.size, "devices": len(self.chain.devices),
                 "broker_connected": self.connected.is_set(), "queue": self.inbox.qsize(),
+                "queue_suspect": self.inbox.suspect,
                 **self.stats.as_dict()}
 
     def shutdown(self) -> None:
         self.stop_event.set()
+        self.inbox.close()
         self.client.disconnect()
         self.client.loop_stop()
         self.store.close()

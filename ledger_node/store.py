@@ -3,8 +3,9 @@
 Tables: `blocks` (header bytes, hash, compact Merkle range after the block), `block_sigs`,
 `entries` (the log: leaf index -> entry bytes), `merkle_nodes` (the hash of every perfect
 subtree of two or more leaves, for proofs: see ledger_node.subtrees), `readings` (decoded
-index of reading entries), `devices` (state derived from the log), `quarantine` (rejected
-input, node-local, not part of the log) and `meta`.
+index of reading entries), `devices` (state derived from the log), `quarantine` and
+`quarantine_summary` (rejected input, node-local, not part of the log, bounded: see
+ledger_node.quarantine) and `meta`.
 
 Schema versions: 1 had no `merkle_nodes`; opening a version-1 store with the writer rebuilds
 that table from `entries` in one transaction and records version 2.
@@ -17,13 +18,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ledger_node.errors import StoreError
 from ledger_node.merkle import CompactRange, leaf_hash
+from ledger_node.quarantine import SCHEMA as QUARANTINE_SCHEMA
+from ledger_node.quarantine import QuarantineBook, QuarantineLimits, Tally
 from ledger_node.subtrees import StoredNode, append_leaves
 from ledger_node.validate import DeviceState
 
@@ -57,8 +61,7 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE TABLE IF NOT EXISTS quarantine (
   id INTEGER PRIMARY KEY, received INTEGER NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
   topic TEXT NOT NULL, dev TEXT, size INTEGER NOT NULL, sha256 BLOB NOT NULL, raw BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS quarantine_reason ON quarantine (reason, received);
-"""
+""" + QUARANTINE_SCHEMA
 
 _DEVICE_COLUMNS = ("dev", "fleet", "key", "kid", "enrolled_height", "revoked_height", "last_seq",
                    "contiguous_seq", "last_seen", "last_t", "readings", "gaps", "prev_mismatches")
@@ -141,18 +144,33 @@ def open_reader(path: Path) -> sqlite3.Connection:
     return _connect(path, readonly=True)
 
 
-class Store:
-    """The writer side of the store. Use from one thread only."""
+QuarantineObserver = Callable[[Sequence[QuarantineRow]], None]
 
-    def __init__(self, path: Path) -> None:
+
+class Store:
+    """The writer side of the store. Use from one thread only.
+
+    `quarantine` caps the quarantine table (ledger_node.quarantine); the caps in force are
+    recorded in `meta` ('quarantine_limits', JSON) for readers. `on_quarantine`, if set, is
+    called with every batch of rejected rows before they are written (the node's ingest
+    learns from it which topics send bad input).
+    """
+
+    def __init__(self, path: Path, *, quarantine: QuarantineLimits | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.conn = _connect(path, readonly=False)
+        limits = quarantine or QuarantineLimits()
         with self.conn:
             self.conn.executescript(_SCHEMA)
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                               (str(SCHEMA_VERSION).encode(),))
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('quarantine_limits', ?)",
+                              (json.dumps({"max_rows": limits.max_rows,
+                                           "max_bytes": limits.max_bytes}).encode(),))
         self._migrate()
+        self.quarantine = QuarantineBook(self.conn, limits)
+        self.on_quarantine: QuarantineObserver | None = None
 
     def _migrate(self) -> None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -210,7 +228,7 @@ class Store:
     def commit_block(self, block: BlockRecord) -> None:
         """Write one block and everything it derives, atomically and durably."""
         c = self.conn
-        with c:
+        with c, self._quarantine_rollback():
             c.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                       (block.height, block.hash, block.header, block.time, block.first,
                        block.count, block.size, block.frontier))
@@ -232,15 +250,42 @@ class Store:
             self._insert_quarantine(block.quarantine)
 
     def add_quarantine(self, rows: Iterable[QuarantineRow]) -> None:
-        with self.conn:
+        with self.conn, self._quarantine_rollback():
             self._insert_quarantine(rows)
 
+    def add_quarantine_summary(self, tallies: Iterable[Tally]) -> None:
+        """Count items that were summarised without being stored (ingest overload)."""
+        with self.conn, self._quarantine_rollback():
+            self.quarantine.count(tallies)
+
     def _insert_quarantine(self, rows: Iterable[QuarantineRow]) -> None:
-        self.conn.executemany(
-            "INSERT INTO quarantine (received, reason, detail, topic, dev, size, sha256, raw) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(q.received, q.reason, q.detail, q.topic, q.dev, q.size, q.sha256, q.raw)
-             for q in rows])
+        batch = list(rows)
+        if batch and self.on_quarantine is not None:
+            self.on_quarantine(batch)
+        self.quarantine.insert(batch)
+
+    @contextmanager
+    def _quarantine_rollback(self) -> Iterator[None]:
+        """Re-read the quarantine counters if the transaction around this fails."""
+        try:
+            yield
+        except BaseException:
+            self.conn.rollback()
+            self.quarantine.reload()
+            raise
+
+    def entry(self, idx: int) -> bytes | None:
+        row = self.conn.execute("SELECT data FROM entries WHERE idx = ?", (idx,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def admin_entries(self) -> Iterator[tuple[bytes, int, int]]:
+        """(entry, block height, ledger time) of every operator entry, in log order."""
+        cur = self.conn.execute(
+            "SELECT e.data, e.height, b.time FROM entries e JOIN blocks b ON b.height = e.height "
+            "WHERE e.kind IN ('device_enrolled', 'device_revoked', 'device_rotated') "
+            "ORDER BY e.idx")
+        for data, height, time in cur:
+            yield bytes(data), height, time
 
     def iter_entries(self, first: int, count: int) -> Iterator[tuple[int, str, bytes]]:
         cur = self.conn.execute(
