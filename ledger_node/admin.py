@@ -108,6 +108,15 @@ def is_operator_entry(data: bytes) -> bool:
     return isinstance(header, dict) and HEADER_X5CHAIN in header
 
 
+def decode_operator_entry_unchecked(data: bytes) -> dict[str, Any]:
+    """The payload of an operator entry WITHOUT any check: for display and bookkeeping."""
+    body = cbor.loads_strict(sign1_from_item(cbor.loads_strict(data, max_size=64 * 1024))
+                             .payload, max_size=16 * 1024)
+    if not isinstance(body, dict):
+        raise WireError(BAD_PAYLOAD, "operator entry payload is not a map")
+    return body
+
+
 def operator_entry_type(data: bytes) -> str:
     """The `type` of an operator entry's payload, unchecked ("operator_entry" if unreadable)."""
     try:

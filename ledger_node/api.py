@@ -10,15 +10,17 @@ answered as asked, and 503 when the node's own store no longer reproduces its si
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 
@@ -66,7 +68,11 @@ def _proof_errors() -> Iterator[None]:
         raise HTTPException(503, f"this node cannot serve that proof: {exc}") from None
 
 
-def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+MAX_ADMIN_ENTRY = 64 * 1024
+
+
+def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None,
+               submit_admin: Callable[[bytes], Future[Any]] | None = None) -> FastAPI:
     app = FastAPI(title="TrustFleet ledger node", version="0.1.0",
                   description="Verifiable logistics ledger: chain, devices, readings, quarantine.")
 
@@ -231,6 +237,36 @@ def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None
             raise HTTPException(404, f"no quarantined item {item_id} (never stored, or "
                                 "evicted into the summary)")
         return item
+
+    @app.post("/v1/admin/entries", tags=["admin"], status_code=200)
+    async def submit_entry(
+        request: Request,
+        wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for the block")]
+        = 10.0,
+    ) -> JSONResponse:
+        """Submit an operator-signed entry (COSE_Sign1 bytes, `application/cose`): enrol,
+        revoke or rotate a device. The node checks it at the ledger time of the next block;
+        the answer says whether it was accepted (and in which block), a duplicate, or
+        rejected with a reason. The entry authenticates itself: no API token is needed."""
+        if submit_admin is None:
+            raise HTTPException(503, "this API is not attached to a running node")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_ADMIN_ENTRY:
+                raise HTTPException(413, f"an entry is at most {MAX_ADMIN_ENTRY} bytes")
+        if not body:
+            raise HTTPException(422, "empty body: send the signed entry's bytes")
+        done = submit_admin(body)
+        try:
+            outcome = await asyncio.wait_for(asyncio.wrap_future(done), timeout=wait)
+        except TimeoutError:
+            return JSONResponse({"status": "pending", "detail": "queued; not yet in a block"},
+                                status_code=202)
+        return JSONResponse({"status": outcome.status, "kind": outcome.kind,
+                             "device": outcome.device, "reason": outcome.reason or None,
+                             "detail": outcome.detail or None, "height": outcome.height},
+                            status_code=200 if outcome.status != "rejected" else 422)
 
     @app.get("/", include_in_schema=False, response_model=None)
     def dashboard() -> FileResponse | JSONResponse:

@@ -8,7 +8,6 @@ rate; `Latencies` turns receipts into publish-to-commit latencies.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import subprocess
@@ -26,6 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hsm import SoftHsmRig, SoftwareSigner
+from ledger_node.softpki import software_enrolment
 from trustfleet.broker import start_broker
 from trustfleet.cose import sign1
 from trustfleet.payload import GENESIS_PREV, Reading, encode_payload
@@ -54,10 +54,7 @@ def running_node(tmp: Path, keys: dict[str, bytes], fleet: str,
                  extra: Sequence[str] = ()) -> Iterator[RunningNode]:
     rig = SoftHsmRig(tmp / "hsm")
     rig.ensure_token("node-1")
-    enroll = tmp / "enroll.json"
-    enroll.write_text(json.dumps({"devices": [
-        {"dev": d, "fleet": fleet, "key": base64.b64encode(k).decode()}
-        for d, k in keys.items()]}))
+    ca_path, enroll = software_enrolment(tmp, keys, fleet)
     mqtt_port, api_port = free_port(), free_port()
     broker = start_broker(tmp / "broker", mqtt_port, tmp / "mosquitto.log")
     log_path = tmp / "node.log"
@@ -65,7 +62,8 @@ def running_node(tmp: Path, keys: dict[str, bytes], fleet: str,
         proc = subprocess.Popen(
             [sys.executable, "-m", "trustfleet.cli", "node", "run", "--data", str(tmp / "node"),
              "--rig", str(tmp / "hsm"), "--token", "node-1", "--enroll", str(enroll),
-             "--broker-port", str(mqtt_port), "--api-port", str(api_port), *extra],
+             "--fleet-ca", str(ca_path), "--broker-port", str(mqtt_port),
+             "--api-port", str(api_port), *extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     node = RunningNode(mqtt_port, api_port, tmp / "node", log_path, proc)
     try:

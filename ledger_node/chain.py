@@ -267,13 +267,9 @@ class Chain:
                                         f"genesis names an unusable fleet CA: {exc}")
             self.ca_cert = ca
             return AdminOutcome(entry_hash, kind, ADMIN_ACCEPTED)
-        if kind == entry_types.DEVICE_ENROLLED and entry[:1] and 0xA0 <= entry[0] <= 0xBF:
-            rec = entry_types.decode_admin(entry)  # deprecated node-made enrolment
-            if rec["dev"] in view:
-                return AdminOutcome(entry_hash, kind, ADMIN_DUPLICATE, dev=rec["dev"])
-            state = DeviceState(dev=rec["dev"], fleet=rec["fleet"], key=rec["key"],
-                                kid=rec["kid"], enrolled_height=height)
-            return AdminOutcome(entry_hash, kind, ADMIN_ACCEPTED, dev=rec["dev"], state=state)
+        if entry[:1] and 0xA0 <= entry[0] <= 0xBF:
+            return AdminOutcome(entry_hash, kind, ADMIN_REJECTED, BAD_PAYLOAD,
+                                "only a genesis entry may be written by a node")
         try:
             op = decode_operator_entry(entry, self.ca_cert, time)
             applied = apply_operator_entry(op, view, self.ca_cert or b"", height, time)

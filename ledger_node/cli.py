@@ -47,8 +47,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--api-port", type=int, help="API port (8080)")
     run.add_argument("--token", dest="token_label", help="HSM token holding the node key")
     run.add_argument("--rig", type=Path, help="SoftHSM test rig folder (PINs from its pins.json)")
+    run.add_argument("--fleet-ca", type=Path, dest="fleet_ca",
+                     help="fleet CA certificate (PEM/DER) named by a new chain's genesis")
     run.add_argument("--enroll", type=Path, dest="enroll_file",
-                     help="JSON file of devices to enrol at start (test rigs)")
+                     help="JSON file {\"entries\": [base64 operator entries]} to submit at start")
     run.add_argument("--block-interval-ms", type=int, help="longest wait before a block (200)")
     run.add_argument("-v", "--verbose", action="store_true", help="log every block")
     run.set_defaults(func=_run)
@@ -79,6 +81,7 @@ def _run(args: argparse.Namespace) -> int:
                           broker_host=args.broker_host, broker_port=args.broker_port,
                           api_host=args.api_host, api_port=args.api_port,
                           token_label=args.token_label, enroll_file=args.enroll_file,
+                          fleet_ca=args.fleet_ca,
                           block_interval_ms=args.block_interval_ms,
                           pkcs11_module=os.environ.get("TRUSTFLEET_PKCS11_MODULE"))
         signer = signer_from_settings(cfg.pkcs11_module, cfg.token_label, rig_dir=args.rig,
@@ -112,7 +115,7 @@ def serve(cfg: object, signer: Pkcs11Signer) -> int:
         print(f"trustfleet node: {exc}", file=sys.stderr)
         signer.close()
         return 2
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg.db_path, node.status),
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg.db_path, node.status, node.submit_admin),
                                            host=cfg.api_host, port=cfg.api_port,
                                            log_level="warning", lifespan="off"))
     api_thread = threading.Thread(target=server.run, name="api", daemon=True)

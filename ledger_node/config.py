@@ -30,6 +30,7 @@ class NodeConfig:
     pkcs11_module: str = DEFAULT_PKCS11_MODULE
     token_label: str = "node-1"
     enroll_file: Path | None = None
+    fleet_ca: Path | None = None
     block_interval_ms: int = 200
     max_block_entries: int = 10_000
     max_message_bytes: int = 1 << 20

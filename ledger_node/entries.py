@@ -31,15 +31,6 @@ def genesis(chain: str, node_id: str, node_key: bytes, time_ms: int,
                        "ca": ca_cert, "time": time_ms})
 
 
-def device_enrolled(dev: str, fleet: str, key: bytes) -> bytes:
-    """DEPRECATED node-made enrolment (no certificate, no operator): being replaced by operator
-    entries (ledger_node.admin); kept only until every caller has moved."""
-    import hashlib
-
-    return cbor.dumps({"type": DEVICE_ENROLLED, "dev": dev, "fleet": fleet, "key": key,
-                       "kid": hashlib.sha256(key).digest()})
-
-
 def admin_kind(entry: bytes) -> str:
     """The kind of an entry: "reading", "genesis", or an operator entry's type."""
     if entry[:1] and 0xA0 <= entry[0] <= 0xBF:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import queue
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,14 +80,42 @@ class NodeStats:
                 "uptime_s": round(time.monotonic() - self.started, 1)}
 
 
-def read_enrollments(path: Path) -> list[tuple[str, str, bytes]]:
-    """(dev, fleet, SPKI DER) from an enrolment file {"devices": [{dev, fleet, key: base64}]}."""
+def read_enrollments(path: Path) -> list[bytes]:
+    """Operator-signed entries from a file {"entries": [base64 COSE_Sign1, ...]}."""
     try:
         doc = json.loads(path.read_text())
-        return [(d["dev"], d["fleet"], base64.b64decode(d["key"], validate=True))
-                for d in doc["devices"]]
+        if "devices" in doc and "entries" not in doc:
+            raise ValueError("this is an old list of raw device keys; devices are now enrolled "
+                             "by operator-signed entries (trustfleet device enroll --out FILE)")
+        return [base64.b64decode(e, validate=True) for e in doc["entries"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"enrolment file {path}: {exc}") from None
+
+
+def read_fleet_ca(path: Path) -> bytes:
+    """The fleet CA certificate (PEM or DER) that a new chain's genesis entry names."""
+    from hsm.certcheck import load_ca_anchor
+    from hsm.errors import CaCertificateInvalid
+    from hsm.x509 import pem_or_der_to_der
+
+    try:
+        der = pem_or_der_to_der(path.read_bytes())
+        load_ca_anchor(der)
+    except (OSError, ValueError, CaCertificateInvalid) as exc:
+        raise ConfigError(f"fleet CA certificate {path}: {exc}") from None
+    return der
+
+
+@dataclass(frozen=True)
+class AdminSubmission:
+    """What the API tells an operator about an entry it submitted."""
+
+    status: str
+    kind: str
+    device: str | None
+    reason: str = ""
+    detail: str = ""
+    height: int | None = None
 
 
 class LedgerNode:
@@ -117,26 +147,50 @@ class LedgerNode:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
-        self._admin: list[bytes] = []
+        self._admin_queue: queue.Queue[tuple[bytes, Future[AdminSubmission]]] = queue.Queue()
 
     # -- start-up -------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Write genesis on a new chain and queue enrolments for devices not yet enrolled."""
+        """Write genesis on a new chain; submit the enrolment file's operator entries."""
+        admin: list[bytes] = []
         if self.chain.height < 0:
-            self._admin.append(entries.genesis(self.cfg.chain, self.cfg.node_id,
-                                               self.signer.public_key_der(), wall_clock_ms()))
+            if self.cfg.fleet_ca is None:
+                raise ConfigError("a new chain needs the fleet CA certificate: set fleet_ca "
+                                  "(--fleet-ca FILE); its genesis entry names it for good")
+            admin.append(entries.genesis(self.cfg.chain, self.cfg.node_id,
+                                         self.signer.public_key_der(), wall_clock_ms(),
+                                         read_fleet_ca(self.cfg.fleet_ca)))
             log.info("new chain %r: writing genesis block", self.cfg.chain)
         else:
             log.info("resuming chain %r at height %d (%d entries)", self.cfg.chain,
                      self.chain.height, self.chain.size)
         if self.cfg.enroll_file is not None:
-            for dev, fleet, key in read_enrollments(self.cfg.enroll_file):
-                if dev not in self.chain.devices:
-                    self._admin.append(entries.device_enrolled(dev, fleet, key))
-                    log.info("enrolling device %s (fleet %s)", dev, fleet)
-        if self._admin:
-            self._apply(self._admin, [])
-            self._admin = []
+            admin.extend(read_enrollments(self.cfg.enroll_file))
+        if admin:
+            result = self._apply(admin, [])
+            for done in result.admin:
+                if done.status == "rejected":
+                    log.warning("administrative entry refused: %s: %s", done.reason,
+                                done.detail)
+                elif done.status == "accepted" and done.dev:
+                    log.info("%s: %s", done.kind, done.dev)
+            if self.chain.height < 0:
+                raise ConfigError("the genesis block was refused; see the log above")
+
+    def submit_admin(self, entry: bytes) -> Future[AdminSubmission]:
+        """Queue an operator entry for the next block; the future says what became of it."""
+        done: Future[AdminSubmission] = Future()
+        self._admin_queue.put((entry, done))  # taken at the next block deadline
+        return done
+
+    def _take_admin(self) -> list[tuple[bytes, Future[AdminSubmission]]]:
+        taken: list[tuple[bytes, Future[AdminSubmission]]] = []
+        while len(taken) < 1000:
+            try:
+                taken.append(self._admin_queue.get_nowait())
+            except queue.Empty:
+                break
+        return taken
 
     def connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)
@@ -198,7 +252,11 @@ class LedgerNode:
                 self.inbox.wait(min(deadline, next_slice) if pending else deadline, limit,
                                 wake_on_suspect=not pending)
             batch = self.inbox.take_good(limit)
-            if batch.messages:
+            admin = self._take_admin()
+            if admin:
+                self._apply_admin(admin, batch.messages)
+                self.inbox.feedback(batch, {})
+            elif batch.messages:
                 self._apply_messages(batch)
             self._flush_shed()
         self.inbox.close()
@@ -207,6 +265,21 @@ class LedgerNode:
         while (rest := self.inbox.take_suspect(limit)).messages:
             self._apply_messages(rest)
         self._flush_shed()
+
+    def _apply_admin(self, admin: list[tuple[bytes, Future[AdminSubmission]]],
+                     messages: list[Message]) -> None:
+        try:
+            result = self._apply([entry for entry, _ in admin], messages)
+        except Exception as exc:  # never leave an operator waiting on a dead future
+            for _, done in admin:
+                done.set_exception(exc)
+            raise
+        height = result.header.height if result.header is not None else None
+        for (_, done), outcome in zip(admin, result.admin, strict=True):
+            done.set_result(AdminSubmission(
+                status=outcome.status, kind=outcome.kind, device=outcome.dev,
+                reason=outcome.reason, detail=outcome.detail,
+                height=height if outcome.status == "accepted" else None))
 
     def _apply_suspect(self, slice_s: float) -> float:
         """One slice of suspect input, sized to take about `slice_s` at the recent cost;

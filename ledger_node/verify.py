@@ -208,6 +208,8 @@ def _check_entry(idx: int, data: bytes, header: BlockHeader,
         if state.revoked_height is not None:
             return f"reading from {reading.dev!r} after its revocation in block " \
                    f"{state.revoked_height}"
+        if state.cert_not_after is not None and header.time > state.cert_not_after:
+            return f"reading from {reading.dev!r} after its certificate expired"
         if msg.kid != state.kid or not is_low_s(msg.signature) or \
                 not verify_es256(state.key, msg.to_be_signed, msg.signature):
             return f"device signature of {reading.dev!r} seq {reading.seq} does not verify " \
@@ -217,13 +219,8 @@ def _check_entry(idx: int, data: bytes, header: BlockHeader,
                                              header.time)
         except ReplayError as exc:
             return str(exc)
-    elif data[:1] and 0xA0 <= data[0] <= 0xBF:  # deprecated node-made enrolment (a map)
-        rec = entry_types.decode_admin(data)
-        if kind != entry_types.DEVICE_ENROLLED:
-            return f"unknown administrative entry type {kind!r}"
-        if rec["dev"] not in walk.admin:
-            walk.admitted(DeviceState(dev=rec["dev"], fleet=rec["fleet"], key=rec["key"],
-                                      kid=rec["kid"], enrolled_height=header.height))
+    elif data[:1] and 0xA0 <= data[0] <= 0xBF:
+        return f"node-made entry of type {kind!r}: only genesis may be written by a node"
     else:
         try:
             op = decode_operator_entry(data, walk.ca_cert, header.time)

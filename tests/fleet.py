@@ -6,7 +6,6 @@ that started it. Logs go to files next to the data, and are shown when a start f
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -35,10 +34,18 @@ def http_json(url: str) -> Any:
 
 
 def write_enrollments(path: Path, devices: dict[str, bytes], fleet: str = "test") -> Path:
-    path.write_text(json.dumps({"devices": [
-        {"dev": dev, "fleet": fleet, "key": base64.b64encode(key).decode()}
-        for dev, key in devices.items()]}))
-    return path
+    """Operator-signed enrolment entries for `devices` (id -> SPKI DER) at `path`, with the
+    software fleet CA that issued their certificates beside it (`ca_path_for(path)`)."""
+    from hsm.x509 import der_to_pem
+    from ledger_node.softpki import SoftwareFleetPKI, write_enrolment_file
+
+    pki = SoftwareFleetPKI()
+    ca_path_for(path).write_text(der_to_pem(pki.ca_cert))
+    return write_enrolment_file(path, [pki.enrol_entry(d, fleet, k) for d, k in devices.items()])
+
+
+def ca_path_for(enroll: Path) -> Path:
+    return enroll.with_suffix(".ca.pem")
 
 
 @dataclass
@@ -64,8 +71,9 @@ def start_node(data: Path, rig_dir: Path, broker_port: int, enroll: Path,
     api_port = free_port()
     log = data / "node.log"
     proc = spawn(cli("node", "run", "--data", str(data), "--rig", str(rig_dir), "--token", token,
-                     "--enroll", str(enroll), "--broker-port", str(broker_port), "--api-port",
-                     str(api_port), "--block-interval-ms", str(block_interval_ms)), log)
+                     "--enroll", str(enroll), "--fleet-ca", str(ca_path_for(enroll)),
+                     "--broker-port", str(broker_port), "--api-port", str(api_port),
+                     "--block-interval-ms", str(block_interval_ms)), log)
     node = NodeProcess(proc, data, api_port, log)
     wait_for(lambda: node.get("/v1/node/status")["broker_connected"], 60, "ledger node",
              proc=proc, log_file=log)

@@ -14,7 +14,7 @@ from hsm import SoftwareSigner
 from ledger_node.bench_flood import FLEET, VICTIM, _attack_pool
 from ledger_node.bench_rig import client
 from tests.chainkit import Device
-from tests.fleet import NodeProcess, cli, spawn, write_enrollments
+from tests.fleet import NodeProcess, ca_path_for, cli, spawn, write_enrollments
 from trustfleet.procs import free_port, wait_for
 from trustfleet.topics import up_topic
 
@@ -31,7 +31,8 @@ def start_node_with(config: str, data: Path, rig_dir: Path, broker_port: int,
     api_port = free_port()
     log = data / "node.log"
     proc = spawn(cli("node", "run", "--config", str(toml), "--data", str(data), "--rig",
-                     str(rig_dir), "--token", "node-1", "--enroll", str(enroll), "--broker-port",
+                     str(rig_dir), "--token", "node-1", "--enroll", str(enroll),
+                     "--fleet-ca", str(ca_path_for(enroll)), "--broker-port",
                      str(broker_port), "--api-port", str(api_port), "--block-interval-ms",
                      "100"), log)
     node = NodeProcess(proc, data, api_port, log)

@@ -14,7 +14,7 @@ import pytest
 
 from ledger_node.merkle import perfect_subtrees
 from tests.chainkit import Device
-from tests.fleet import NodeProcess, cli, start_node, write_enrollments
+from tests.fleet import NodeProcess, ca_path_for, cli, start_node, write_enrollments
 from tests.mqttkit import TestClient
 from trustfleet.broker import start_broker
 from trustfleet.procs import free_port, stop_process, wait_for
@@ -52,7 +52,8 @@ def run_node(data: Path, enroll: Path, rig: object, token: str = "node-1"
              ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         cli("node", "run", "--data", str(data), "--rig", str(rig.directory),  # type: ignore[attr-defined]
-            "--token", token, "--enroll", str(enroll), "--broker-port", str(free_port()),
+            "--token", token, "--enroll", str(enroll),
+            "--fleet-ca", str(ca_path_for(enroll)), "--broker-port", str(free_port()),
             "--api-port", str(free_port())),
         capture_output=True, text=True, timeout=120, check=False)
 

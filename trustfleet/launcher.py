@@ -105,20 +105,51 @@ def _ports(data: Path, api: int, mqtt: int) -> tuple[int, int]:
     return api_port, mqtt_port
 
 
+OPERATOR = "operator"
+
+
 def prepare_rig(data: Path, trucks: list[str]) -> Path:
-    """Create the SoftHSM rig (idempotent) and the enrolment file; returns its path."""
-    from hsm import SoftHsmRig
+    """The SoftHSM rig (idempotent): a token per truck, one for the node, one for the fleet
+    CA and one for the operator, each with its key made inside; certificates from the fleet
+    CA; and the enrolment file: one operator-signed entry per truck. Returns its path."""
+    import os
+
+    from hsm import SoftHsmRig, ensure_ca, ensure_certificates, open_signer
+    from ledger_node.admin import DEVICE_ENROLLED, build_operator_entry
+    from ledger_node.softpki import write_enrolment_file
 
     rig = SoftHsmRig(data / "hsm")
-    devices = []
-    for label in [*trucks, NODE_ID]:
+    for label in [*trucks, NODE_ID, OPERATOR]:
         rig.ensure_token(label)
-    for label in trucks:
-        key = base64.b64encode(rig.public_key_der(label)).decode()
-        devices.append({"dev": label, "fleet": FLEET, "key": key})
+    ensure_ca(rig, name="TrustFleet Demo Fleet CA")
+    certs = ensure_certificates(rig, {**{t: "device" for t in trucks}, NODE_ID: "node",
+                                      OPERATOR: "operator"})
     enroll = data / "enroll.json"
-    enroll.write_text(json.dumps({"devices": devices}, indent=2))
-    return enroll
+    if enroll.exists() and _enrols(enroll, trucks):
+        return enroll
+    os.environ.update(rig.env())  # this process signs with the operator token, nothing else
+    signer = open_signer(rig, OPERATOR)
+    try:
+        now = time.time_ns() // 1_000_000
+        entries = [build_operator_entry({"type": DEVICE_ENROLLED, "dev": t, "fleet": FLEET,
+                                         "cert": certs[t], "t": now}, signer, certs[OPERATOR])
+                   for t in trucks]
+    finally:
+        signer.close()
+    return write_enrolment_file(enroll, entries)
+
+
+def _enrols(path: Path, trucks: list[str]) -> bool:
+    """True if the enrolment file already holds an entry for each truck."""
+    from ledger_node.admin import decode_operator_entry_unchecked
+
+    try:
+        doc = json.loads(path.read_text())
+        devs = {decode_operator_entry_unchecked(base64.b64decode(e)).get("dev")
+                for e in doc["entries"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return set(trucks) <= devs
 
 
 def _get(url: str) -> Any:
@@ -130,13 +161,15 @@ def start_fleet(fleet: Fleet) -> None:
     data = fleet.data
     logs = data / "logs"
     names = fleet.truck_names()
-    print(f"trustfleet: preparing SoftHSM rig with {len(names)} truck tokens and a node token "
+    print(f"trustfleet: preparing SoftHSM rig: {len(names)} truck tokens, node, fleet CA and "
+          f"operator tokens, certificates and operator-signed enrolments "
           f"in {data / 'hsm'}", flush=True)
     enroll = prepare_rig(data, names)
     fleet.broker = start_broker(data / "broker", fleet.mqtt_port, logs / "mosquitto.log")
     print(f"trustfleet: broker at mqtt://127.0.0.1:{fleet.mqtt_port}", flush=True)
     node = Child(NODE_ID, _cli("node", "run", "--data", str(data / NODE_ID), "--rig",
                                str(data / "hsm"), "--token", NODE_ID, "--enroll", str(enroll),
+                               "--fleet-ca", str(data / "hsm" / "ca.pem"),
                                "--broker-port", str(fleet.mqtt_port), "--api-port",
                                str(fleet.api_port)), logs / f"{NODE_ID}.log")
     node.start()
