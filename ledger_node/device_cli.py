@@ -142,8 +142,14 @@ def _post(node: str, entry: bytes, timeout: float) -> int:
         with urllib.request.urlopen(req, timeout=timeout + 5) as resp:
             outcome = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")[:500]
-        raise _Fail(f"node answered {exc.code}: {detail}") from None
+        body = exc.read()
+        try:
+            outcome = json.loads(body) if exc.code == 422 else None
+        except ValueError:
+            outcome = None
+        if not isinstance(outcome, dict) or "status" not in outcome:
+            detail = body.decode(errors="replace")[:500]
+            raise _Fail(f"node answered {exc.code}: {detail}") from None
     except (OSError, ValueError) as exc:
         raise _Fail(f"cannot reach node {node}: {exc}") from None
     status = outcome.get("status")
