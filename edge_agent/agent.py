@@ -10,9 +10,11 @@ bytes. Each turn:
    receipt shows the ledger is missing;
 5. seal, in order, as many readings as the send window has room for (`window` sealed and
    unreceipted at most, so a ledger outage does not make the agent sign its whole backlog
-   or resend it all every timeout);
+   or resend it all every timeout): with `signing = "per-reading"` one HSM signature each;
+   with `signing = "batch"` one signature per batch of up to `batch_max` readings, sealed
+   when full or once its oldest reading waited `batch_delay_s` (edge_agent.sealer);
 6. publish what is due (new readings, and resends of readings not receipted in time) in
-   seq order, in batches of up to `batch_max`, at most `max_publish_per_s` readings per
+   seq order, up to `message_max` per MQTT message, at most `max_publish_per_s` readings per
    second (a token bucket): after an outage the backlog drains at that rate, while new
    readings keep being stored and follow in seq order.
 
@@ -37,6 +39,7 @@ from edge_agent.collectors.errors import CollectorError
 from edge_agent.config import AgentConfig
 from edge_agent.outbox import Outbox
 from edge_agent.retention import HIGH_WATER, LOW_WATER, is_protected
+from edge_agent.sealer import BatchPolicy
 from edge_agent.status import disk_free_bytes, status_sample, status_values
 from edge_agent.uplink import Uplink
 from hsm import Signer
@@ -83,6 +86,7 @@ class AgentStats:
     dropped: int = 0
     thinned: int = 0
     gap_resends: int = 0
+    batches: int = 0  # HSM signatures made for batches (signing = "batch")
 
 
 def _mono_ms() -> int:
@@ -113,11 +117,18 @@ class EdgeAgent:
         self._budget_full = False
         self._resend_from: int | None = None  # go-back cursor: last seq resent
         self._sessions = 0
+        self._batching: BatchPolicy | None = None
+        if cfg.signing == "batch":
+            self._batching = BatchPolicy(cfg.batch_max, cfg.batch_delay_s)
+            span = self.outbox.unsealed_span(cfg.batch_max)
+            self._batching.observe(*span, time.monotonic())
 
     def run(self, tick_s: float = 0.1) -> None:
         self.uplink.start()
-        log.info("%s: agent started (kid %s), outbox %s", self.cfg.device_id,
-                 self.signer.kid.hex()[:16], self.cfg.outbox_path)
+        mode = (f"batch signing, up to {self.cfg.batch_max} readings or "
+                f"{self.cfg.batch_delay_s:g} s" if self._batching else "per-reading signing")
+        log.info("%s: agent started (kid %s, %s), outbox %s", self.cfg.device_id,
+                 self.signer.kid.hex()[:16], mode, self.cfg.outbox_path)
         try:
             while not self.stop_event.is_set():
                 self.turn()
@@ -138,12 +149,32 @@ class EdgeAgent:
             self._store([self.status_sample()])
         self._keep_in_budget()
         self._apply_receipts()
-        room = self.cfg.window - self.outbox.in_flight()
-        per_turn = max(self.cfg.batch_max, self.cfg.max_publish_per_s)
-        self.stats.sealed += self.outbox.seal(self.cfg.device_id, self.signer.kid,
-                                              self.signer.sign, limit=min(room, per_turn))
+        self._seal()
         if self.uplink.connected.is_set():
             self._publish_due()
+
+    def _seal(self) -> None:
+        room = self.cfg.window - self.outbox.in_flight()
+        per_turn = max(self.cfg.message_max, self.cfg.max_publish_per_s)
+        if self._batching is None:
+            self.stats.sealed += self.outbox.seal(self.cfg.device_id, self.signer.kid,
+                                                  self.signer.sign, limit=min(room, per_turn))
+            return
+        sealed = 0
+        while sealed < per_turn:
+            now = time.monotonic()
+            count, lo, hi = self.outbox.unsealed_span(self.cfg.batch_max)
+            self._batching.observe(count, lo, hi, now)
+            n = self._batching.next_batch(count, room, now)
+            if n == 0:
+                return
+            done, through = self.outbox.seal_batch(self.cfg.device_id, self.signer.kid,
+                                                   self.signer.sign, n, self.clock.now()[0])
+            self._batching.sealed_through(through)
+            self.stats.sealed += done
+            self.stats.batches += 1
+            sealed += done
+            room -= done
 
     def status_sample(self) -> Sample:
         t_ms, source = self.clock.now()
@@ -221,7 +252,7 @@ class EdgeAgent:
     def _publish_due(self) -> None:
         now = time.monotonic()
         rate = float(self.cfg.max_publish_per_s)
-        burst = max(float(self.cfg.batch_max), rate / 2)
+        burst = max(float(self.cfg.message_max), rate / 2)
         self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
         self._tokens_at = now
         budget = int(self._tokens)
@@ -247,8 +278,8 @@ class EdgeAgent:
         else:
             due = self.outbox.unsent(budget)
         sent: list[int] = []
-        for i in range(0, len(due), self.cfg.batch_max):
-            batch = due[i:i + self.cfg.batch_max]
+        for i in range(0, len(due), self.cfg.message_max):
+            batch = due[i:i + self.cfg.message_max]
             if not self.uplink.publish([env for _, env in batch]):
                 self._resend_from = None if not sent else self._resend_from
                 break

@@ -25,7 +25,6 @@ key in a SoftHSM token), the truck shim (NMEA at 1 Hz on a pty, two DS18B20 prob
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sqlite3
@@ -45,6 +44,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.retention import is_protected
 from edge_agent.status import read_status
 from hsm import SoftHsmRig
+from ledger_node.softpki import software_enrolment
 from trustfleet.broker import start_broker
 from trustfleet.procs import free_port, stop_process
 
@@ -211,14 +211,13 @@ def measure_drain(agent: subprocess.Popen[bytes], outbox: Path, total: int, seco
 
 
 def _start_node(tmp: Path, rig: SoftHsmRig, port: int) -> tuple[subprocess.Popen[bytes], Path]:
-    enroll = tmp / "enroll.json"
-    enroll.write_text(json.dumps({"devices": [
-        {"dev": dev, "fleet": FLEET, "key": base64.b64encode(rig.public_key_der(dev)).decode()}
-        for dev in (LIVE, BACKLOG)]}))
+    ca_path, enroll = software_enrolment(
+        tmp / "pki", {dev: rig.public_key_der(dev) for dev in (LIVE, BACKLOG)}, FLEET)
     api = free_port()
     log = tmp / "node.log"
     node = _spawn(_cli("node", "run", "--data", str(tmp / "node"), "--rig", str(rig.directory),
-                       "--token", NODE, "--enroll", str(enroll), "--broker-port", str(port),
+                       "--token", NODE, "--enroll", str(enroll), "--fleet-ca", str(ca_path),
+                       "--broker-port", str(port),
                        "--api-port", str(api)), log)
 
     def up() -> bool:

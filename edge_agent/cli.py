@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--llrp-port", type=int, help="its LLRP port (5084)")
     run.add_argument("--i2c-bus", help="I2C bus of the ADXL345 (a number, or a shim socket)")
     run.add_argument("--door-gpio", type=Path, help="GPIO value file of the door contact")
+    run.add_argument("--signing", choices=("per-reading", "batch"),
+                     help="one HSM signature per reading, or per batch (config: signing, "
+                          "batch_max, batch_delay_s)")
     run.add_argument("--rig", type=Path, help="SoftHSM test rig folder (PINs from its pins.json)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
@@ -111,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
                                 rfid_port=args.rfid_port, llrp_host=args.llrp_host,
                                 llrp_port=args.llrp_port,
                                 i2c_bus=args.i2c_bus, door_gpio=args.door_gpio,
+                                signing=args.signing,
                                 pkcs11_module=os.environ.get("TRUSTFLEET_PKCS11_MODULE"))
         signer = signer_from_settings(cfg.pkcs11_module, cfg.token, rig_dir=args.rig,
                                       pin_env="TRUSTFLEET_DEVICE_PIN",

@@ -39,7 +39,11 @@
     resend_max_s = 120.0           # ... doubling per attempt up to this
     max_publish_per_s = 200        # drain rate for backlogs after an outage
     window = 1000                  # sealed readings awaiting a receipt, at most
-    batch_max = 50                 # envelopes per MQTT message, at most
+    message_max = 50               # envelopes per MQTT message, at most
+    # signing (DESIGN.md §4): one HSM signature per reading, or one per batch of readings
+    signing = "per-reading"        # or "batch": for slow secure elements / fast sensors
+    batch_max = 64                 # batch: readings under one signature, at most (<= 4096)
+    batch_delay_s = 2.0            # batch: the longest a reading waits for its batch
     # outbox and self-report
     outbox_max_mb = 128            # disk budget; see edge_agent.retention for the policy
     status_interval_s = 60.0       # a `status` reading this often (0: never)
@@ -54,11 +58,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import AgentConfigError
+from trustfleet.batch import MAX_BATCH
 from trustfleet.tomlconfig import TomlConfigError, load_dataclass
 from trustfleet.topics import check_name
 
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 GPS_SOURCES = ("serial", "gpsd")
+SIGNING_MODES = ("per-reading", "batch")
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,10 @@ class AgentConfig:
     resend_max_s: float = 120.0
     max_publish_per_s: int = 200
     window: int = 1000
-    batch_max: int = 50
+    message_max: int = 50
+    signing: str = "per-reading"
+    batch_max: int = 64
+    batch_delay_s: float = 2.0
     outbox_max_mb: float = 128.0
     status_interval_s: float = 60.0
 
@@ -157,8 +166,20 @@ class AgentConfig:
             raise AgentConfigError("max_publish_per_s must be between 1 and 100000")
         if not 1 <= self.window <= 100_000:
             raise AgentConfigError("window must be between 1 and 100000")
-        if not 1 <= self.batch_max <= 1000:
-            raise AgentConfigError("batch_max must be between 1 and 1000 (envelopes/message)")
+        if not 1 <= self.message_max <= 1000:
+            raise AgentConfigError("message_max must be between 1 and 1000 (envelopes/message)")
+        if self.signing not in SIGNING_MODES:
+            raise AgentConfigError(f"signing must be one of {', '.join(SIGNING_MODES)}, "
+                                   f"got {self.signing!r}")
+        if not 1 <= self.batch_max <= MAX_BATCH:
+            raise AgentConfigError(f"batch_max must be between 1 and {MAX_BATCH} "
+                                   "(readings per signature)")
+        if not 0.0 <= self.batch_delay_s <= 3600:
+            raise AgentConfigError("batch_delay_s must be between 0 and 3600 seconds")
+        if self.signing == "batch" and self.batch_max > self.window:
+            raise AgentConfigError(f"batch_max ({self.batch_max}) must not exceed window "
+                                   f"({self.window}): a batch is sealed only when the send "
+                                   "window has room for it")
         if not 1 <= self.outbox_max_mb <= 1_000_000:
             raise AgentConfigError("outbox_max_mb must be between 1 and 1000000")
         if self.temp_low_c >= self.temp_high_c:

@@ -9,6 +9,15 @@ Life of a reading (one row):
                           transaction. A crash before that commit loses only a signature
                           nobody has seen, so the seq is safely reused. Sealing late keeps a
                           long backlog unsealed, so thinning it never leaves a seq gap.
+     or `seal_batch(...)`  batch signing (DESIGN.md §4, trustfleet.batch): the first n
+                          unsealed rows get seq last+1..last+n and their payloads, ONE HSM
+                          signature covers the Merkle root of those payloads, and each row
+                          stores its self-contained batched reading as its envelope, all in
+                          one transaction (same crash rule). `prev` links by chain hash:
+                          SHA-256 of a single envelope's bytes, SHA-256 of a batched
+                          reading's payload; the chain table keeps the chain hash of the
+                          last sealed reading, so the modes can alternate across restarts.
+                          Everything after sealing treats a batched reading as an envelope.
   3. publish             in seq order: sealed readings never sent (`unsent`); and when the
                           lowest unreceipted one has waited longer than the resend timeout
                           (doubling with each attempt up to a cap: `oldest_timed_out`), the
@@ -41,6 +50,7 @@ from pathlib import Path
 from edge_agent.collectors.base import Sample
 from edge_agent.errors import OutboxError
 from edge_agent.retention import pick_kind_to_thin
+from trustfleet.batch import MAX_BATCH, sign_batch
 from trustfleet.cose import SignFunction, sign1
 from trustfleet.payload import GENESIS_PREV, Reading, encode_payload
 
@@ -143,6 +153,49 @@ class Outbox:
                                   (seq, hashlib.sha256(envelope).digest()))
             sealed += 1
         return sealed
+
+    def seal_batch(self, device_id: str, kid: bytes, sign: SignFunction, n: int,
+                   t_ms: int) -> tuple[int, int]:
+        """Seal the first `n` unsealed rows (in order) under ONE signature, a batch made at
+        device time `t_ms`. Returns (readings sealed, highest row id sealed; 0 if none)."""
+        if not 1 <= n <= MAX_BATCH:
+            raise ValueError(f"a batch seals 1 to {MAX_BATCH} readings, not {n}")
+        rows = self.conn.execute(
+            "SELECT id, kind, d, t, ts FROM outbox WHERE seq IS NULL ORDER BY id LIMIT ?",
+            (n,)).fetchall()
+        if not rows:
+            return 0, 0
+        last_seq, last_hash = self.conn.execute(
+            "SELECT last_seq, last_hash FROM chain WHERE id = 1").fetchone()
+        prev = bytes(last_hash) if last_seq > 0 else GENESIS_PREV
+        payloads: list[bytes] = []
+        for i, (_, kind, d, t, ts) in enumerate(rows):
+            payload = encode_payload(Reading(dev=device_id, seq=last_seq + 1 + i, prev=prev,
+                                             t=t, ts=ts, k=kind, d=json.loads(d)))
+            prev = hashlib.sha256(payload).digest()  # the chain hash of a batched reading
+            payloads.append(payload)
+        items = sign_batch(payloads, device_id, last_seq + 1, max(0, t_ms), kid, sign)
+        with _tx(self.conn):
+            self.conn.executemany("UPDATE outbox SET seq = ?, envelope = ? WHERE id = ?",
+                                  [(last_seq + 1 + i, item, row[0])
+                                   for i, (row, item) in enumerate(zip(rows, items,
+                                                                       strict=True))])
+            self.conn.execute("UPDATE chain SET last_seq = ?, last_hash = ? WHERE id = 1",
+                              (last_seq + len(rows), prev))
+        return len(rows), int(rows[-1][0])
+
+    def unsealed_span(self, cap: int = MAX_BATCH) -> tuple[int, int, int]:
+        """(count, lowest row id, highest row id) of unsealed readings, the count at most
+        `cap`; (0, 0, 0) if none. Index lookups only: cheap however long the backlog."""
+        count = self.conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM outbox WHERE seq IS "
+                                  "NULL LIMIT ?)", (cap,)).fetchone()[0]
+        if not count:
+            return 0, 0, 0
+        lo = self.conn.execute("SELECT id FROM outbox WHERE seq IS NULL ORDER BY id "
+                               "LIMIT 1").fetchone()[0]
+        hi = self.conn.execute("SELECT id FROM outbox WHERE seq IS NULL ORDER BY id DESC "
+                               "LIMIT 1").fetchone()[0]
+        return int(count), int(lo), int(hi)
 
     def due(self, now_ms: int, resend_after_ms: int, limit: int,
             resend_max_ms: int | None = None) -> list[tuple[int, bytes]]:

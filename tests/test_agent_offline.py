@@ -105,7 +105,7 @@ def drained(cfg: AgentConfig) -> bool:
 def test_a_full_outbox_is_thinned_and_the_ledger_gets_a_gapless_chain_with_every_event(
         tmp_path: Path, broker: Any, signer: SoftwareSigner, node_factory: Any) -> None:
     cfg = config(tmp_path, broker, outbox_max_mb=1, window=100, status_interval_s=1,
-                 max_publish_per_s=2000, batch_max=100)
+                 max_publish_per_s=2000, message_max=100)
     samples: list[Sample] = []
     for i in range(16_000):  # about 2.2 MB of readings into a 1 MB outbox
         samples.append(Sample("gps", {"lat": 51.0 + i * 1e-5, "lon": 4.0, "speed": 12.5,
