@@ -143,23 +143,23 @@ def verify_candidates(candidates: Sequence[Candidate],
                       executor: Executor | None = None, chunk: int = 256) -> list[bool]:
     """Signature checks for many candidates, in parallel chunks when given an executor.
 
-    The results do not depend on the executor, so block application stays deterministic.
+    Readings of one batch share one signature, which is checked once. The results do not
+    depend on the executor, so block application stays deterministic.
     """
-    def run(part: Sequence[Candidate]) -> list[bool]:
-        # Readings of one batch share one signature: check it once.
-        seen: dict[tuple[bytes, bytes, bytes], bool] = {}
-        out = []
-        for c in part:
-            k = (c.key, c.to_be_signed, c.signature)
-            if k not in seen:
-                seen[k] = verify_es256(c.key, c.to_be_signed, c.signature)
-            out.append(seen[k])
-        return out
+    unique: dict[tuple[bytes, bytes, bytes], int] = {}
+    for c in candidates:
+        unique.setdefault((c.key, c.to_be_signed, c.signature), len(unique))
+    work = list(unique)
 
-    if executor is None or len(candidates) <= chunk:
-        return run(candidates)
-    parts = [candidates[i:i + chunk] for i in range(0, len(candidates), chunk)]
-    return [ok for result in executor.map(run, parts) for ok in result]
+    def run(part: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
+        return [verify_es256(key, tbs, sig) for key, tbs, sig in part]
+
+    if executor is None or len(work) <= chunk:
+        results = run(work)
+    else:
+        parts = [work[i:i + chunk] for i in range(0, len(work), chunk)]
+        results = [ok for result in executor.map(run, parts) for ok in result]
+    return [results[unique[(c.key, c.to_be_signed, c.signature)]] for c in candidates]
 
 
 def decide(candidate: Candidate, verified: bool, state: DeviceState,
