@@ -11,8 +11,14 @@ Received receipts are put on a queue for the agent's main loop, which alone touc
 outbox. The uplink guarantees nothing about delivery: the outbox and ledger receipts do
 (see edge_agent.outbox).
 
-Optional TLS: `tls_ca` (fleet CA bundle), `tls_cert` and `tls_key` (the device's client
-certificate and key files) turn on MQTT over TLS with a client certificate.
+Optional TLS: `tls_ca` (the fleet CA certificate), `tls_cert` and `tls_key` (the device's
+TLS client certificate and key files) turn on MQTT over TLS (>= 1.2) with a client
+certificate. The broker's certificate must chain to `tls_ca` and name the host connected to
+(`host`, a DNS name or IP address, in its subjectAltName). The TLS key is NOT the device's
+signing key: that one stays in the HSM, which Python's ssl module cannot use; the TLS key is a
+separate P-256 key in a file (mode 0600) with a fleet-CA certificate for the same device id
+(hsm.tlsfiles, docs/tls.md). A TLS failure (bad certificate, refused handshake) is retried
+with the same backoff as any other lost connection, and logged.
 
 Concurrency: `publish` is called from the agent's thread while the network thread runs
 paho's loop; paho serialises both with its own locks.
@@ -33,6 +39,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.backoff import Backoff
+from edge_agent.errors import AgentConfigError
+from trustfleet.broker import broker_url, client_tls_context
 from trustfleet.receipt import Receipt, decode_receipt
 from trustfleet.topics import encode_batch, receipt_topic, up_topic
 
@@ -62,10 +70,14 @@ class Uplink:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.url = broker_url(host, port, tls_ca is not None)
         if tls_ca is not None:
-            self.client.tls_set(ca_certs=str(tls_ca),
-                                certfile=str(tls_cert) if tls_cert else None,
-                                keyfile=str(tls_key) if tls_key else None)
+            try:
+                context = client_tls_context(tls_ca, tls_cert, tls_key)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise AgentConfigError(f"TLS files (tls_ca {tls_ca}, tls_cert {tls_cert}, "
+                                       f"tls_key {tls_key}) are unusable: {exc}") from exc
+            self.client.tls_set_context(context)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._network, name="uplink", daemon=True)
@@ -92,16 +104,14 @@ class Uplink:
         while not self._stop.is_set():
             if not first:
                 delay = self.backoff.next_delay()
-                log.info("%s: reconnecting to mqtt://%s:%d in %.1fs", self.device_id,
-                         self.host, self.port, delay)
+                log.info("%s: reconnecting to %s in %.1fs", self.device_id, self.url, delay)
                 if self._stop.wait(delay):
                     break
             first = False
             try:
                 self._connect()
             except (OSError, ValueError) as exc:
-                log.warning("%s: cannot reach broker mqtt://%s:%d: %s", self.device_id,
-                            self.host, self.port, exc)
+                log.warning("%s: cannot reach broker %s: %s", self.device_id, self.url, exc)
                 continue
             while not self._stop.is_set():
                 rc = self.client.loop(timeout=0.2)
@@ -130,8 +140,8 @@ class Uplink:
         self.backoff.reset()
         self.sessions += 1
         self.connected.set()
-        log.info("%s: connected to mqtt://%s:%d (session present: %s)", self.device_id,
-                 self.host, self.port, getattr(flags, "session_present", "?"))
+        log.info("%s: connected to %s (session present: %s)", self.device_id, self.url,
+                 getattr(flags, "session_present", "?"))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:

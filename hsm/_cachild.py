@@ -13,6 +13,10 @@ Requests (JSON on stdin; PINs are read from the rig's pins.json, never passed):
     issue    {dir, module, ca_cert (hex DER), organization,
               jobs: [{label, subject_id, role, not_before_ms, not_after_ms, serial}]}
              -> {"certs": {label: hex DER}}
+    issue-csr {dir, module, ca_cert (hex DER), organization,
+              jobs: [{name, csr (hex DER), subject_id, role, not_before_ms, not_after_ms,
+                      serial, dns_names, ip_addresses}]}
+             -> {"certs": {name: hex DER}}    (CSRs made outside the rig: TLS keys in files)
 On failure: {"error": HsmError subclass name, "message": ..., "reason": ... (if any)}, exit 1.
 """
 
@@ -72,7 +76,32 @@ def issue(request: dict[str, Any]) -> dict[str, Any]:
     return {"certs": certs}
 
 
-COMMANDS = {"ca-cert": ca_cert, "issue": issue}
+def issue_csr(request: dict[str, Any]) -> dict[str, Any]:
+    """Certificates for CSRs signed elsewhere (hsm.tlsfiles: keys in files); the fleet-ca
+    token signs each one after FleetCA.issue has checked the CSR's own signature and CN."""
+    rig = SoftHsmRig(request["dir"], request["module"])
+    ca = FleetCA(request["organization"])
+    ca_cert_der = bytes.fromhex(request["ca_cert"])
+    certs = {}
+    with open_signer(rig, CA_TOKEN_LABEL) as ca_signer:
+        for job in request["jobs"]:
+            cert = ca.issue(
+                ca_signer,
+                ca_cert_der,
+                bytes.fromhex(job["csr"]),
+                job["role"],
+                int(job["not_before_ms"]),
+                int(job["not_after_ms"]),
+                int(job["serial"]),
+                expected_id=job["subject_id"],
+                dns_names=list(job.get("dns_names", [])),
+                ip_addresses=list(job.get("ip_addresses", [])),
+            )
+            certs[job["name"]] = cert.hex()
+    return {"certs": certs}
+
+
+COMMANDS = {"ca-cert": ca_cert, "issue": issue, "issue-csr": issue_csr}
 
 
 def main(argv: list[str]) -> int:

@@ -11,12 +11,15 @@ come from the caller, and ECDSA signatures are written low-S.
     end-entity         subject O=<organization>, CN=<id from the CSR>; basicConstraints CA:FALSE
                        (critical); keyUsage digitalSignature (critical); extendedKeyUsage
                        <role OID> + clientAuth (role encoding: hsm.x509); SKI; AKI = CA's SKI
+    broker             as end-entity, but extendedKeyUsage <broker OID> + serverAuth, and a
+                       subjectAltName with the DNS names / IP addresses clients connect to
 
 Only the CN and the public key are taken from a CSR; everything else is the CA's decision.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
@@ -35,6 +38,7 @@ from hsm.x509 import (
     SUBJECT_ID_RE,
     build_certificate,
     build_name,
+    check_alt_names,
     check_role,
     der_to_raw_signature,
     end_entity_extensions,
@@ -139,6 +143,8 @@ class FleetCA:
         *,
         expected_id: str | None = None,
         expected_spki: bytes | None = None,
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[str] = (),
     ) -> bytes:
         """An end-entity certificate (DER) for the key and CN of `csr_der`, signed by the CA.
 
@@ -146,6 +152,8 @@ class FleetCA:
         given, that its CN is `expected_id` and its key `expected_spki`. Requires `ca_signer`
         to hold the key of `ca_cert_der` (CaCertificateInvalid), role in ROLES and
         not_before <= not_after within the CA certificate's validity (ValueError).
+        `dns_names` / `ip_addresses` (the subjectAltName) are required for the broker role and
+        refused for the others (ValueError; hsm.x509.check_alt_names).
         """
         request = check_csr(csr_der)
         if expected_id is not None and request.subject_id != expected_id:
@@ -153,6 +161,7 @@ class FleetCA:
         if expected_spki is not None and request.spki_der != bytes(expected_spki):
             _refuse("csr_wrong_key", "CSR key is not the expected key")
         checked_role = check_role(role)
+        check_alt_names(checked_role, dns_names, ip_addresses)
         anchor = load_ca_anchor(bytes(ca_cert_der))
         if ca_signer.public_key_der() != anchor.spki_der:
             raise CaCertificateInvalid(
@@ -174,5 +183,11 @@ class FleetCA:
             spki_der=request.spki_der,
             not_before_ms=not_before,
             not_after_ms=not_after,
-            extensions=end_entity_extensions(checked_role, request.spki_der, anchor.key_id),
+            extensions=end_entity_extensions(
+                checked_role,
+                request.spki_der,
+                anchor.key_id,
+                dns_names=dns_names,
+                ip_addresses=ip_addresses,
+            ),
         )

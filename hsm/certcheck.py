@@ -20,7 +20,8 @@ Checks, in this order (the first failure is the reason):
     cert_key_usage      basicConstraints present with CA:FALSE; keyUsage present, critical,
                         digitalSignature only
     cert_role           extendedKeyUsage holds exactly one TrustFleet role OID (hsm.x509), equal
-                        to expected_role
+                        to expected_role, and no purpose beyond that role's (clientAuth for
+                        device, node and operator; serverAuth for broker)
     cert_wrong_device   subject CN == expected_id (when given)
 """
 
@@ -30,12 +31,13 @@ import calendar
 import datetime as dt
 import functools
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
 from asn1crypto import x509 as ax
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 from hsm.errors import BadPublicKey, CaCertificateInvalid, CertificateRejected
 from hsm.verify import P256_ORDER, kid_for, load_public_key, verify_es256
@@ -43,6 +45,10 @@ from hsm.x509 import (
     ES256_ALGORITHM_DER,
     MAX_SERIAL,
     ROLE_BY_OID,
+    ROLE_OIDS,
+    ROLE_PURPOSE,
+    ROLES,
+    SERVER_AUTH_OID,
     SUBJECT_ID_RE,
     Role,
     check_role,
@@ -58,7 +64,10 @@ _KNOWN_EXTENSIONS: Final = frozenset(
         ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
     }
 )
-_ALLOWED_EKU: Final = frozenset({ExtendedKeyUsageOID.CLIENT_AUTH.dotted_string, *ROLE_BY_OID})
+# A certificate's extendedKeyUsage may hold its role OID and that role's standard purpose.
+_ALLOWED_EKU: Final[Mapping[Role, frozenset[str]]] = {
+    role: frozenset({ROLE_OIDS[role], ROLE_PURPOSE[role]}) for role in ROLES
+}
 
 
 @dataclass(frozen=True)
@@ -277,8 +286,9 @@ def _role(exts: x509.Extensions) -> Role:
     roles = [ROLE_BY_OID[oid] for oid in oids if oid in ROLE_BY_OID]
     if len(roles) != 1:
         _reject("cert_role", f"certificate names {len(roles)} TrustFleet roles; exactly 1 needed")
-    if any(oid not in _ALLOWED_EKU for oid in oids):
-        _reject("cert_role", "extendedKeyUsage allows purposes beyond its role and clientAuth")
+    if any(oid not in _ALLOWED_EKU[roles[0]] for oid in oids):
+        purpose = "serverAuth" if ROLE_PURPOSE[roles[0]] == SERVER_AUTH_OID else "clientAuth"
+        _reject("cert_role", f"extendedKeyUsage allows purposes beyond its role and {purpose}")
     return roles[0]
 
 

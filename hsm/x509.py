@@ -14,8 +14,13 @@ Role encoding (read by ledger nodes through hsm.certcheck; fixed):
         ARC.1.1  device     signs readings (edge agent)
         ARC.1.2  node       signs block heads (ledger node)
         ARC.1.3  operator   signs administrative entries (enrol, revoke, rotate)
-    The extension also carries id-kp-clientAuth so the certificate can authenticate its holder
-    to the MQTT broker. The subject carries no role: CN = the id, O = the fleet organisation.
+        ARC.1.4  broker     the MQTT broker's TLS server certificate (a key in a file)
+    The extension also carries one standard purpose: id-kp-clientAuth (1.3.6.1.5.5.7.3.2) for
+    device, node and operator, so the certificate can authenticate its holder to the MQTT
+    broker; id-kp-serverAuth (1.3.6.1.5.5.7.3.1) for broker, whose certificate also carries a
+    subjectAltName (the DNS names and IP addresses clients connect to; TLS clients check the
+    server against it, never against the CN). The subject carries no role: CN = the id, O = the
+    fleet organisation.
 
 Times are ms since the Unix epoch (ledger time); X.509 stores whole seconds, so they are
 floored to the second. UTCTime is used before 2050, GeneralizedTime from 2050 (RFC 5280).
@@ -26,6 +31,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal, get_args
@@ -41,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from hsm.signer import Signer
 from hsm.verify import P256_ORDER, SIGNATURE_LEN, load_public_key
 
-Role = Literal["device", "node", "operator"]
+Role = Literal["device", "node", "operator", "broker"]
 ROLES: Final[tuple[Role, ...]] = get_args(Role)
 
 ROLE_ARC: Final = "2.25.300662157249472328311360792306733035711.1"
@@ -49,9 +55,20 @@ ROLE_OIDS: Final[Mapping[Role, str]] = {
     "device": f"{ROLE_ARC}.1",
     "node": f"{ROLE_ARC}.2",
     "operator": f"{ROLE_ARC}.3",
+    "broker": f"{ROLE_ARC}.4",
 }
 ROLE_BY_OID: Final[Mapping[str, Role]] = {oid: role for role, oid in ROLE_OIDS.items()}
 CLIENT_AUTH_OID: Final = "1.3.6.1.5.5.7.3.2"
+SERVER_AUTH_OID: Final = "1.3.6.1.5.5.7.3.1"
+# The one standard extendedKeyUsage purpose each role's certificate carries beside its role OID.
+ROLE_PURPOSE: Final[Mapping[Role, str]] = {
+    "device": CLIENT_AUTH_OID,
+    "node": CLIENT_AUTH_OID,
+    "operator": CLIENT_AUTH_OID,
+    "broker": SERVER_AUTH_OID,
+}
+# Roles whose certificates name the hosts they serve (subjectAltName): TLS servers.
+SERVER_ROLES: Final[frozenset[Role]] = frozenset({"broker"})
 ECDSA_WITH_SHA256_OID: Final = "1.2.840.10045.4.3.2"
 # AlgorithmIdentifier { ecdsa-with-SHA256 } with parameters absent (RFC 5758 §3.2).
 ES256_ALGORITHM_DER: Final = bytes.fromhex("300a06082a8648ce3d040302")
@@ -59,6 +76,10 @@ DEFAULT_ORGANIZATION: Final = "TrustFleet"
 
 # Subject ids (device, node, operator): usable as an MQTT topic level and a PKCS#11 label.
 SUBJECT_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+_DNS_NAME_RE: Final = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 MAX_SERIAL: Final = (1 << 159) - 1  # positive and at most 20 octets (RFC 5280 §4.1.2.2)
 _MIN_SECONDS: Final = -631152000  # 1950-01-01T00:00:00Z, earliest UTCTime
 _MAX_SECONDS: Final = 253402300799  # 9999-12-31T23:59:59Z
@@ -175,15 +196,55 @@ def ext_extended_key_usage(oids: Iterable[str]) -> Any:
     )
 
 
-def end_entity_extensions(role: Role, spki_der: bytes, issuer_key_id: bytes) -> list[Any]:
+def ext_subject_alt_name(dns_names: Iterable[str], ip_addresses: Iterable[str]) -> Any:
+    """subjectAltName with dNSName and iPAddress entries (non-critical: the subject has a CN)."""
+    names = [ax.GeneralName(name="dns_name", value=name) for name in dns_names]
+    names += [ax.GeneralName(name="ip_address", value=address) for address in ip_addresses]
+    return ax.Extension(
+        {"extn_id": "subject_alt_name", "critical": False, "extn_value": names}
+    )
+
+
+def check_alt_names(
+    role: Role, dns_names: Iterable[str], ip_addresses: Iterable[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Validated (dns_names, ip_addresses) for a certificate of `role`; ValueError if wrong.
+
+    A server role (broker) needs at least one name; the other roles take none."""
+    dns = tuple(dns_names)
+    ips = tuple(str(ipaddress.ip_address(address)) for address in ip_addresses)
+    if role not in SERVER_ROLES:
+        if dns or ips:
+            raise ValueError(f"a {role} certificate names no hosts (subjectAltName)")
+        return dns, ips
+    if not dns and not ips:
+        raise ValueError(f"a {role} certificate needs at least one DNS name or IP address")
+    for name in dns:
+        if not _DNS_NAME_RE.fullmatch(name):
+            raise ValueError(f"{name!r} is not a DNS host name")
+    return dns, ips
+
+
+def end_entity_extensions(
+    role: Role,
+    spki_der: bytes,
+    issuer_key_id: bytes,
+    *,
+    dns_names: Iterable[str] = (),
+    ip_addresses: Iterable[str] = (),
+) -> list[Any]:
     """What FleetCA puts in every end-entity certificate (see the module docstring)."""
-    return [
+    dns, ips = check_alt_names(role, dns_names, ip_addresses)
+    extensions = [
         ext_basic_constraints(ca=False),
         ext_key_usage({"digital_signature"}),
-        ext_extended_key_usage([ROLE_OIDS[role], CLIENT_AUTH_OID]),
+        ext_extended_key_usage([ROLE_OIDS[role], ROLE_PURPOSE[role]]),
         ext_subject_key_id(key_identifier(spki_der)),
         ext_authority_key_id(issuer_key_id),
     ]
+    if dns or ips:
+        extensions.append(ext_subject_alt_name(dns, ips))
+    return extensions
 
 
 # --- certificates and CSRs -------------------------------------------------------------------

@@ -1,16 +1,26 @@
 """`make bench`: readings through the real broker into a real node, measured.
 
-Pre-signs N envelopes for D devices (software keys: the device side is not what is measured),
+Pre-signs readings for D devices (software keys: the device side is not what is measured),
 starts Mosquitto and a ledger node (its block key in a SoftHSM token) on free loopback ports,
-publishes every envelope with QoS 1 as fast as the broker takes them, and follows the
-receipts. Prints readings committed per second, publish-to-commit latency (p50, p99; commit
-as seen by the device, i.e. when the receipt covering the reading arrives), and this
-machine's raw P-256 verification rate measured in the same run, with the ratio between them.
+and runs two phases through them:
+
+  * throughput: N readings published with QoS 1 as fast as the broker takes them; prints
+    readings committed per second (commit as seen by the device, i.e. when the receipt
+    covering the reading arrives) and the ratio to this machine's raw P-256 verification
+    rate, measured in the same run on one core and on all cores (threads and processes;
+    the faster counts). It also prints the CPU time the node, the broker and the publishing
+    process used, since all three share this machine's cores;
+  * steady: readings published at a fixed rate (5,000/s by default, in small slices every
+    2 ms, not a burst); prints publish-to-commit latency p50 and p99.
+
+Devices publish through `bench_rig.RawPublisher`, a minimal MQTT client that writes
+pre-encoded packets, so that the simulated fleet costs next to no CPU on the cores the node
+and the broker use; every reading is still its own QoS 1 PUBLISH, acknowledged by the broker.
 
 `--batch N` pre-signs with batch signing instead (trustfleet.batch.sign_batch: one signature
 per N readings of a device, each reading a self-contained batched reading with its
 inclusion proof, `prev` linking by payload hash); every item still travels as its own
-message, so the two runs differ only in how readings are signed. The ratio to the raw
+message, so the runs differ only in how readings are signed. The ratio to the raw
 verification rate can then pass 1: one verification covers several readings (the node checks
 a signature shared by readings of one verification chunk once).
 """
@@ -19,32 +29,38 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
-from hsm import SoftHsmRig, SoftwareSigner, verify_es256
-from ledger_node.softpki import software_enrolment
+from hsm import SoftwareSigner, verify_es256
+from ledger_node.bench_rig import (
+    CpuClock,
+    Latencies,
+    RawPublisher,
+    Steady,
+    client,
+    percentile,
+    running_node,
+)
 from trustfleet.batch import MAX_BATCH, sign_batch
-from trustfleet.broker import start_broker
 from trustfleet.cose import sign1
 from trustfleet.payload import GENESIS_PREV, Reading, encode_payload
-from trustfleet.procs import free_port, stop_process
-from trustfleet.receipt import decode_receipt
 from trustfleet.topics import up_topic
 
 FLEET = "bench"
+T0 = 1_763_700_000_000
 
 
 def presign(devices: int, per_device: int, batch: int = 1
-            ) -> tuple[dict[str, bytes], list[tuple[str, int, bytes]]]:
-    """Signed readings of every device, interleaved; `batch` > 1: batch signing."""
+            ) -> tuple[dict[str, bytes], list[list[tuple[str, int, bytes]]]]:
+    """Device keys, and each device's chain of signed readings (seq 1..per_device);
+    `batch` > 1: batch signing."""
     keys: dict[str, bytes] = {}
     chains: list[list[tuple[str, int, bytes]]] = []
     for i in range(devices):
@@ -56,15 +72,20 @@ def presign(devices: int, per_device: int, batch: int = 1
             chains.append(presign_batched(dev, signer, per_device, batch))
             continue
         for seq in range(1, per_device + 1):
-            r = Reading(dev=dev, seq=seq, prev=prev, t=1_763_700_000_000 + seq * 1000, ts="gps",
+            r = Reading(dev=dev, seq=seq, prev=prev, t=T0 + seq * 1000, ts="gps",
                         k="temp", d={"c": 4.0 + (seq % 50) / 10})
             env = sign1(encode_payload(r), signer.kid, signer.sign)
             prev = hashlib.sha256(env).digest()
             chain.append((dev, seq, env))
         chains.append(chain)
-    # interleave devices, as a fleet would
-    order = [item for group in zip(*chains, strict=True) for item in group]
-    return keys, order
+    return keys, chains
+
+
+def interleave(chains: list[list[tuple[str, int, bytes]]], first: int, last: int
+               ) -> list[tuple[str, int, bytes]]:
+    """Readings first..last-1 (0-based) of every device, devices interleaved as a fleet's."""
+    return [item for group in zip(*(c[first:last] for c in chains), strict=True)
+            for item in group]
 
 
 def presign_batched(dev: str, signer: SoftwareSigner, per_device: int, batch: int
@@ -74,18 +95,18 @@ def presign_batched(dev: str, signer: SoftwareSigner, per_device: int, batch: in
     for first in range(1, per_device + 1, batch):
         payloads = []
         for seq in range(first, min(first + batch, per_device + 1)):
-            payload = encode_payload(Reading(dev=dev, seq=seq, prev=prev,
-                                             t=1_763_700_000_000 + seq * 1000, ts="gps",
-                                             k="temp", d={"c": 4.0 + (seq % 50) / 10}))
+            payload = encode_payload(Reading(dev=dev, seq=seq, prev=prev, t=T0 + seq * 1000,
+                                             ts="gps", k="temp",
+                                             d={"c": 4.0 + (seq % 50) / 10}))
             prev = hashlib.sha256(payload).digest()
             payloads.append(payload)
-        items = sign_batch(payloads, dev, first, 1_763_700_000_000 + first * 1000, signer.kid,
-                           signer.sign)
+        items = sign_batch(payloads, dev, first, T0 + first * 1000, signer.kid, signer.sign)
         chain.extend((dev, first + i, item) for i, item in enumerate(items))
     return chain
 
 
-def raw_verify_rate(seconds: float = 2.0) -> float:
+def _verify_loop(seconds: float) -> tuple[int, float]:
+    """Verify one signature over and over for `seconds`: (verifications, seconds taken)."""
     signer = SoftwareSigner.generate()
     key, msg = signer.public_key_der(), b"x" * 200
     sig = signer.sign(msg)
@@ -94,56 +115,52 @@ def raw_verify_rate(seconds: float = 2.0) -> float:
         for _ in range(200):
             verify_es256(key, msg, sig)
         n += 200
-    return n / (time.perf_counter() - start)
+    return n, time.perf_counter() - start
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+def raw_verify_rate(seconds: float = 2.0) -> float:
+    """Raw P-256 verifications per second on one core."""
+    n, took = _verify_loop(seconds)
+    return n / took
 
 
-class ReceiptFollower:
-    """Turns receipts into per-reading commit latencies."""
+def raw_verify_rate_threads(workers: int, seconds: float = 2.0) -> float:
+    """The same on `workers` threads (cryptography releases the GIL while it verifies)."""
+    counts = [0] * workers
 
-    def __init__(self, sent_at: dict[tuple[str, int], float]) -> None:
-        self.sent_at = sent_at
-        self.done: dict[str, int] = {}
-        self.latencies: list[float] = []
-        self.last_commit = 0.0
-        self.lock = threading.Lock()
+    def run(i: int) -> None:
+        counts[i] = _verify_loop(seconds)[0]
 
-    def on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        now = time.perf_counter()
-        receipt = decode_receipt(bytes(msg.payload))
-        with self.lock:
-            before = self.done.get(receipt.dev, 0)
-            for seq in range(before + 1, receipt.seq + 1):
-                sent = self.sent_at.get((receipt.dev, seq))
-                if sent is not None:
-                    self.latencies.append(now - sent)
-            if receipt.seq > before:
-                self.done[receipt.dev] = receipt.seq
-                self.last_commit = now
-
-    def committed(self) -> int:
-        with self.lock:
-            return sum(self.done.values())
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
 
 
-def _client(port: int, name: str) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    return client
+def raw_verify_rate_processes(workers: int, seconds: float = 2.0) -> float:
+    """The same in `workers` processes (no shared interpreter at all)."""
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_verify_loop, [0.05] * workers))  # started and warm
+        start = time.perf_counter()
+        counts = [n for n, _ in pool.map(_verify_loop, [seconds] * workers)]
+        return sum(counts) / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ledger_node.bench",
                                  description="Throughput and latency of one ledger node.")
     ap.add_argument("--devices", type=int, default=50, help="simulated devices (50)")
-    ap.add_argument("--readings", type=int, default=20_000, help="total readings (20000)")
+    ap.add_argument("--readings", type=int, default=20_000,
+                    help="readings in the throughput phase (20000)")
+    ap.add_argument("--steady-rate", type=float, default=5000,
+                    help="readings/s in the steady phase (5000; 0: no steady phase)")
+    ap.add_argument("--steady-seconds", type=float, default=10,
+                    help="length of the steady phase (10)")
+    ap.add_argument("--verify-workers", type=int, default=None, metavar="N",
+                    help="the node's verify_workers (default: the node's default)")
     ap.add_argument("--timeout", type=float, default=300, help="give up after seconds (300)")
     ap.add_argument("--batch", type=int, default=1, metavar="N",
                     help="batch signing: one signature per N readings of a device (1: off)")
@@ -152,80 +169,90 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--batch must be between 1 and {MAX_BATCH}")
     per_device = max(1, args.readings // args.devices)
     total = per_device * args.devices
+    steady_per_device = int(args.steady_rate * args.steady_seconds) // args.devices
+    cores = os.cpu_count() or 1
 
-    print("bench: raw P-256 verification rate (cryptography/OpenSSL, 1 core)...", flush=True)
-    verify_rate = raw_verify_rate()
+    print("bench: raw P-256 verification rate (cryptography/OpenSSL): 1 core, then "
+          f"{cores} threads, then {cores} processes...", flush=True)
+    raw_one = raw_verify_rate()
+    raw_threads = raw_verify_rate_threads(cores)
+    raw_procs = raw_verify_rate_processes(cores)
+    raw_all = max(raw_threads, raw_procs)
     how = f"in batches of {args.batch}" if args.batch > 1 else "one signature each"
-    print(f"bench: pre-signing {total} readings for {args.devices} devices ({how})...",
-          flush=True)
-    keys, order = presign(args.devices, per_device, args.batch)
+    print(f"bench: pre-signing {total} + {steady_per_device * args.devices} readings for "
+          f"{args.devices} devices ({how})...", flush=True)
+    keys, chains = presign(args.devices, per_device + steady_per_device, args.batch)
+    burst = interleave(chains, 0, per_device)
+    steady = interleave(chains, per_device, per_device + steady_per_device)
 
-    import json
-    import subprocess
-    import urllib.request
-
+    extra: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        rig = SoftHsmRig(tmp / "hsm")
-        rig.ensure_token("node-1")
-        ca_path, enroll = software_enrolment(tmp / "pki", keys, FLEET)
-        mqtt_port, api_port = free_port(), free_port()
-        broker = start_broker(tmp / "broker", mqtt_port, tmp / "mosquitto.log")
-        log = (tmp / "node.log").open("ab")
-        node = subprocess.Popen(
-            [sys.executable, "-m", "trustfleet.cli", "node", "run", "--data", str(tmp / "node"),
-             "--rig", str(tmp / "hsm"), "--token", "node-1", "--enroll", str(enroll),
-             "--fleet-ca", str(ca_path),
-             "--broker-port", str(mqtt_port), "--api-port", str(api_port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/v1/node/status",
-                                                timeout=2) as resp:
-                        if json.loads(resp.read())["broker_connected"]:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline or node.poll() is not None:
-                    print((tmp / "node.log").read_text()[-3000:], file=sys.stderr)
-                    raise SystemExit("bench: node did not start")
-                time.sleep(0.2)
-            sent_at: dict[tuple[str, int], float] = {}
-            follower = ReceiptFollower(sent_at)
-            sub = _client(mqtt_port, "bench-receipts")
-            sub.on_message = follower.on_message
+        if args.verify_workers is not None:
+            (tmp / "node.toml").write_text(f"[node]\nverify_workers = {args.verify_workers}\n")
+            extra = ["--config", str(tmp / "node.toml")]
+        with running_node(tmp, keys, FLEET, extra) as node:
+            lat = Latencies()
+            sub = client(node.mqtt_port, "bench-receipts")
+            sub.on_message = lat.on_message
             sub.subscribe(f"tf/v1/{FLEET}/+/receipt", qos=1)
+            pub = RawPublisher(node.mqtt_port, "bench-publisher")
             time.sleep(0.5)
-            pub = _client(mqtt_port, "bench-publisher")
             topics = {d: up_topic(FLEET, d) for d in keys}
+            packets = [pub.packet(topics[dev], env) for dev, _, env in burst]
             what = "batched readings" if args.batch > 1 else "envelopes"
-            print(f"bench: publishing {total} {what} (QoS 1, one per message)...", flush=True)
+            print(f"bench: throughput: publishing {total} {what} (QoS 1, one per message)...",
+                  flush=True)
+            threads0 = CpuClock.threads(node.proc.pid)
+            cpu0 = (CpuClock.tree(node.proc.pid), CpuClock.of(node.broker.pid),
+                    time.process_time(), CpuClock.of(node.proc.pid))
             start = time.perf_counter()
-            last_info = None
-            for dev, seq, env in order:
-                sent_at[(dev, seq)] = time.perf_counter()
-                last_info = pub.publish(topics[dev], env, qos=1)
-            if last_info is not None:
-                last_info.wait_for_publish(args.timeout)
+            with lat.lock:
+                lat.sent.update(((dev, seq), start) for dev, seq, _ in burst)
+            pub.send(packets, timeout=args.timeout)
+            pub.wait_acked(args.timeout)
             published = time.perf_counter()
-            while follower.committed() < total and time.perf_counter() - start < args.timeout:
-                time.sleep(0.05)
-            committed = follower.committed()
-            elapsed = follower.last_commit - start
-            pub.disconnect()
+            while lat.total() < total and time.perf_counter() - start < args.timeout:
+                time.sleep(0.02)
+            committed = lat.total()
+            elapsed = lat.last_commit - start
+            cpu1 = (CpuClock.tree(node.proc.pid), CpuClock.of(node.broker.pid),
+                    time.process_time(), CpuClock.of(node.proc.pid))
+            threads = sorted((t - threads0.get(tid, 0.0)
+                              for tid, t in CpuClock.threads(node.proc.pid).items()),
+                             reverse=True)
+            if committed < total:
+                print(f"bench: only {committed} of {total} readings committed before the "
+                      "timeout", file=sys.stderr)
+                return 1
+            lat_burst = [lat.latency[(dev, seq)] for dev, seq, _ in burst]
+
+            lat_steady: list[float] = []
+            if steady:
+                rate = args.steady_rate
+                print(f"bench: steady: {len(steady)} readings at {rate:,.0f}/s "
+                      f"({len(steady) / rate:.0f} s)...", flush=True)
+                time.sleep(1.0)
+                items = [(dev, seq, pub.packet(topics[dev], env)) for dev, seq, env in steady]
+                s_cpu0 = (CpuClock.tree(node.proc.pid), CpuClock.of(node.broker.pid))
+                took = Steady(pub, lat).run(items, rate)
+                want = total + len(steady)
+                deadline = time.perf_counter() + args.timeout
+                while lat.total() < want and time.perf_counter() < deadline:
+                    time.sleep(0.02)
+                s_cpu1 = (CpuClock.tree(node.proc.pid), CpuClock.of(node.broker.pid))
+                if lat.total() < want:
+                    print(f"bench: only {lat.total() - total} of {len(steady)} steady readings "
+                          "committed before the timeout", file=sys.stderr)
+                    return 1
+                lat_steady = [lat.latency[(dev, seq)] for dev, seq, _ in steady]
+            pub.close()
             sub.disconnect()
-        finally:
-            stop_process(node, timeout=30)
-            stop_process(broker)
-            log.close()
-    if committed < total or not follower.latencies:
-        print(f"bench: only {committed} of {total} readings committed before the timeout",
-              file=sys.stderr)
-        return 1
+
     rate = committed / elapsed
-    lat = follower.latencies
+    node_cpu, broker_cpu, bench_cpu, node_main = (b - a for a, b in zip(cpu0, cpu1,
+                                                                          strict=True))
+    budget = elapsed * cores
     print()
     print(f"readings committed:           {committed} in {elapsed:.2f} s "
           f"(publishing took {published - start:.2f} s)")
@@ -235,10 +262,30 @@ def main(argv: list[str] | None = None) -> int:
               f"({signatures} signatures for {total} readings, "
               f"{1000 * signatures / total:.1f} per 1,000)")
     print(f"committed readings/s:         {rate:,.0f}")
-    print(f"publish->commit latency:      p50 {percentile(lat, 50) * 1000:.0f} ms, "
-          f"p99 {percentile(lat, 99) * 1000:.0f} ms, mean {statistics.fmean(lat) * 1000:.0f} ms")
-    print(f"raw P-256 verifications/s:    {verify_rate:,.0f} (one core, same run)")
-    print(f"ratio committed/raw verify:   {rate / verify_rate:.2f}")
+    print(f"publish->commit (burst):      p50 {percentile(lat_burst, 50) * 1000:.0f} ms, "
+          f"p99 {percentile(lat_burst, 99) * 1000:.0f} ms (everything published at once)")
+    print(f"raw P-256 verifications/s:    {raw_one:,.0f} on one core; on {cores} cores "
+          f"{raw_threads:,.0f} (threads), {raw_procs:,.0f} (processes) (same run)")
+    print(f"ratio committed/raw verify:   {rate / raw_all:.2f} of the {cores}-core rate "
+          f"({raw_all:,.0f}/s); {rate / raw_one:.2f} of the one-core rate")
+    per = 1e6 / committed
+    print(f"CPU during the phase:         node {node_cpu:.2f} s ({per * node_cpu:.0f} us/reading: "
+          f"its process {per * node_main:.0f}, its verify workers "
+          f"{per * (node_cpu - node_main):.0f}), broker {broker_cpu:.2f} s "
+          f"({per * broker_cpu:.0f} us/reading), publisher+receipts {bench_cpu:.2f} s "
+          f"({per * bench_cpu:.0f} us/reading); {budget:.2f} core-s available")
+    print(f"  shares of the {cores} cores:   node {node_cpu / budget:.0%}, "
+          f"broker {broker_cpu / budget:.0%}, publisher {bench_cpu / budget:.0%}, "
+          f"idle {max(0.0, 1 - (node_cpu + broker_cpu + bench_cpu) / budget):.0%}; "
+          f"busiest node threads (CPU s): {', '.join(f'{t:.2f}' for t in threads[:3])}")
+    if lat_steady:
+        s_node, s_broker = (b - a for a, b in zip(s_cpu0, s_cpu1, strict=True))
+        print(f"steady {args.steady_rate:,.0f} readings/s:     p50 "
+              f"{percentile(lat_steady, 50) * 1000:.0f} ms, "
+              f"p99 {percentile(lat_steady, 99) * 1000:.0f} ms, "
+              f"mean {statistics.fmean(lat_steady) * 1000:.0f} ms "
+              f"({len(lat_steady)} readings in {took:.1f} s; node CPU "
+              f"{s_node / took:.0%} of a core, broker {s_broker / took:.0%})")
     return 0
 
 

@@ -34,19 +34,21 @@ from ledger_node.subtrees import append_leaves
 from ledger_node.validate import (
     FLAG_GAP,
     FLAG_PREV_MISMATCH,
-    Candidate,
     DeviceState,
     Duplicate,
+    KeyHint,
     Outcome,
     Rejected,
     SeqLookup,
+    check_opened,
     decide,
-    precheck,
+    key_hint,
+    open_envelopes,
     verify_candidates,
 )
 from trustfleet import cbor
 from trustfleet.errors import BAD_PAYLOAD, WireError
-from trustfleet.topics import parse_up_topic, split_message
+from trustfleet.topics import DeviceTopic, parse_up_topic, split_message
 
 log = logging.getLogger(__name__)
 
@@ -178,27 +180,50 @@ class Chain:
                                               done.reason, done.detail, done.dev))
                 result.rejected[done.reason] = result.rejected.get(done.reason, 0) + 1
 
-        # Phase 1: parse and stateless checks; phase 2: signatures, in parallel when the
-        # chain has an executor; phase 3: in batch order, the stateful checks.
-        checked: list[tuple[Message, bytes, Candidate | Rejected]] = []
+        # Each envelope is parsed and checked without history (validate.check_opened), its
+        # signature checked, then, in batch order, checked against the device's history
+        # (validate.decide). With an executor, parsing and signatures run in parallel chunks
+        # (validate.open_envelopes): workers open the envelopes and check each signature with
+        # the key its topic's device would need; results stream back in batch order while
+        # this loop goes on. A signature the workers did not check is checked here.
+        slots: list[tuple[Message, bytes, DeviceTopic | None, Rejected | None]] = []
+        work: list[tuple[bytes, KeyHint | None]] = []
+        topics: dict[str, DeviceTopic | None] = {}
+        hints: dict[str, KeyHint | None] = {}
         for msg in batch.messages:
-            topic = parse_up_topic(msg.topic)
+            if msg.topic in topics:
+                topic, hint = topics[msg.topic], hints[msg.topic]
+            else:
+                topic = topics[msg.topic] = parse_up_topic(msg.topic)
+                hint = hints[msg.topic] = key_hint(topic, view, at_ms=time)
             try:
                 envelopes = split_message(msg.payload)
             except WireError as exc:
-                checked.append((msg, msg.payload, Rejected(exc.reason, exc.detail, None)))
+                slots.append((msg, msg.payload, topic, Rejected(exc.reason, exc.detail, None)))
                 continue
-            checked.extend((msg, data, precheck(data, topic, view, at_ms=time))
-                           for data in envelopes)
-        candidates = [c for _, _, c in checked if isinstance(c, Candidate)]
-        verified = iter(verify_candidates(candidates, self.executor))
+            for data in envelopes:
+                slots.append((msg, data, topic, None))
+                work.append((data, hint))
+        opened = open_envelopes(work, self.executor)
 
-        for msg, raw, checked_item in checked:
-            if isinstance(checked_item, Rejected):
-                outcome: Outcome = checked_item
+        for msg, raw, topic, failed in slots:
+            outcome: Outcome
+            if failed is not None:
+                outcome = failed
             else:
-                state = state_of(checked_item.reading.dev)
-                outcome = decide(checked_item, next(verified), state, lookup)
+                got, ok = next(opened)
+                if isinstance(got, WireError):
+                    outcome = Rejected(got.reason, got.detail, topic.device if topic else None)
+                else:
+                    checked_item = check_opened(got, raw, topic, view, at_ms=time)
+                    if isinstance(checked_item, Rejected):
+                        outcome = checked_item
+                    else:
+                        hint = hints[msg.topic]
+                        if ok is None or hint is None or hint[1] != checked_item.key:
+                            ok = verify_candidates([checked_item])[0]
+                        outcome = decide(checked_item, ok, state_of(checked_item.reading.dev),
+                                         lookup)
             if isinstance(outcome, Rejected):
                 quarantine.append(_quarantine(msg, raw, outcome.reason, outcome.detail,
                                               outcome.dev))
@@ -208,10 +233,9 @@ class Chain:
                 result.duplicates += 1
                 result.touched.add(outcome.dev)
                 continue
-            assert isinstance(checked_item, Candidate)
             r = outcome.reading
             idx = first + len(new_entries)
-            new_entries.append((entry_types.KIND_READING, checked_item.data))
+            new_entries.append((entry_types.KIND_READING, raw))
             pending[(r.dev, r.seq)] = outcome.envelope_hash
             readings.append(ReadingRow(idx, r.dev, r.seq, outcome.envelope_hash, r.t, r.ts,
                                        r.k, r.d, outcome.flags))

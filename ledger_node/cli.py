@@ -43,6 +43,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--node-id", help="this node's id (node-1)")
     run.add_argument("--broker-host", help="MQTT broker host (127.0.0.1)")
     run.add_argument("--broker-port", type=int, help="MQTT broker port (1883)")
+    run.add_argument("--tls-ca", type=Path, dest="tls_ca",
+                     help="MQTT over TLS: fleet CA certificate (PEM) the broker must chain to")
+    run.add_argument("--tls-cert", type=Path, dest="tls_cert",
+                     help="this node's TLS client certificate (PEM, CN = node id)")
+    run.add_argument("--tls-key", type=Path, dest="tls_key",
+                     help="its private key file (PEM, mode 0600; not the HSM signing key)")
     run.add_argument("--api-host", help="API listen address (127.0.0.1)")
     run.add_argument("--api-port", type=int, help="API port (8080)")
     run.add_argument("--token", dest="token_label", help="HSM token holding the node key")
@@ -79,6 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, data_dir=args.data_dir, node_id=args.node_id,
                           broker_host=args.broker_host, broker_port=args.broker_port,
+                          tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
                           api_host=args.api_host, api_port=args.api_port,
                           token_label=args.token_label, enroll_file=args.enroll_file,
                           fleet_ca=args.fleet_ca,
@@ -133,8 +140,8 @@ def serve(cfg: object, signer: Pkcs11Signer) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("node %s serving API on http://%s:%d, broker mqtt://%s:%d", cfg.node_id,
-             cfg.api_host, cfg.api_port, cfg.broker_host, cfg.broker_port)
+    log.info("node %s serving API on http://%s:%d, broker %s", cfg.node_id,
+             cfg.api_host, cfg.api_port, node.broker_url)
     try:
         node.run()
     finally:

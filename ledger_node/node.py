@@ -38,10 +38,13 @@ from ledger_node.chain import ApplyResult, Chain, Message
 from ledger_node.config import NodeConfig
 from ledger_node.errors import ConfigError
 from ledger_node.ingest import FairInbox, Taken
+from ledger_node.mqtt_ingest import IngestClient
 from ledger_node.ordering import SoloOrderer, wall_clock_ms
 from ledger_node.quarantine import OVERLOAD
 from ledger_node.store import QuarantineRow, Store
 from ledger_node.tipcheck import check_tip
+from ledger_node.workers import start_verify_pool
+from trustfleet.broker import broker_url, client_tls_context
 from trustfleet.receipt import Receipt
 from trustfleet.topics import UP_SUBSCRIPTION, receipt_topic
 
@@ -142,12 +145,24 @@ class LedgerNode:
         self.stats = NodeStats()
         self.stop_event = threading.Event()
         self.connected = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ledger-{cfg.node_id}",
-                                  protocol=mqtt.MQTTv5)
+        self.client = IngestClient(CallbackAPIVersion.VERSION2,  # paho, faster receive
+                                   client_id=f"ledger-{cfg.node_id}", protocol=mqtt.MQTTv5)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
+        self.broker_url = broker_url(cfg.broker_host, cfg.broker_port, cfg.tls_ca is not None)
+        if cfg.tls_ca is not None:
+            try:
+                context = client_tls_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                self.store.close()
+                raise ConfigError(f"TLS files (tls_ca {cfg.tls_ca}, tls_cert {cfg.tls_cert}, "
+                                  f"tls_key {cfg.tls_key}) are unusable: {exc}") from exc
+            self.client.tls_set_context(context)
         self._admin_queue: queue.Queue[tuple[bytes, Future[AdminSubmission]]] = queue.Queue()
+        # Envelopes are opened and their signatures checked in worker processes (the same
+        # blocks as without them: ledger_node.validate.open_envelopes).
+        self.chain.executor = start_verify_pool(cfg.verify_processes)
 
     # -- start-up -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -208,8 +223,7 @@ class LedgerNode:
             return
         client.subscribe(UP_SUBSCRIPTION, qos=1)
         self.connected.set()
-        log.info("connected to broker %s:%d, subscribed to %s", self.cfg.broker_host,
-                 self.cfg.broker_port, UP_SUBSCRIPTION)
+        log.info("connected to broker %s, subscribed to %s", self.broker_url, UP_SUBSCRIPTION)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
@@ -238,8 +252,11 @@ class LedgerNode:
         share = self.cfg.ingest_suspect_share
         limit = self.cfg.max_block_entries
         next_slice = 0.0
+        cut = time.monotonic()
         while not self.stop_event.is_set():
-            deadline = time.monotonic() + interval
+            # One block per interval, counted from the last cut: time spent applying the
+            # previous block counts, so a reading waits at most about one interval to be cut.
+            deadline = cut + interval
             while not self.stop_event.is_set():
                 now = time.monotonic()
                 if self.inbox.good >= limit or now >= deadline:
@@ -251,6 +268,7 @@ class LedgerNode:
                 pending = self.inbox.suspect > 0
                 self.inbox.wait(min(deadline, next_slice) if pending else deadline, limit,
                                 wake_on_suspect=not pending)
+            cut = time.monotonic()
             batch = self.inbox.take_good(limit)
             admin = self._take_admin()
             if admin:
@@ -361,4 +379,6 @@ class LedgerNode:
         self.inbox.close()
         self.client.disconnect()
         self.client.loop_stop()
+        if self.chain.executor is not None:
+            self.chain.executor.shutdown(wait=True, cancel_futures=True)
         self.store.close()

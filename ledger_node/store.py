@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
   topic TEXT NOT NULL, dev TEXT, size INTEGER NOT NULL, sha256 BLOB NOT NULL, raw BLOB NOT NULL);
 """ + QUARANTINE_SCHEMA
 
+_D_JSON = json.JSONEncoder(sort_keys=True).encode
+"""json.dumps(d, sort_keys=True), without building an encoder for every reading."""
+
 _DEVICE_COLUMNS = ("dev", "fleet", "key", "kid", "enrolled_height", "revoked_height", "last_seq",
                    "contiguous_seq", "last_seen", "last_t", "readings", "gaps", "prev_mismatches")
 
@@ -130,7 +133,9 @@ def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
         else:
             conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=FULL")  # a committed block is on disk
+            # Room for the hot parts of the indexes of a long chain (the default is 2 MiB).
+            conn.execute("PRAGMA cache_size=-65536")
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open ledger store {path}: {exc}") from exc
     conn.row_factory = sqlite3.Row
@@ -238,11 +243,11 @@ class Store:
                           [(block.first + i, block.height, kind, data)
                            for i, (kind, data) in enumerate(block.entries)])
             c.executemany("INSERT INTO merkle_nodes VALUES (?, ?, ?)", block.nodes)
+            height, time, d_json = block.height, block.time, _D_JSON
             c.executemany(
                 "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.idx, r.dev, r.seq, r.hash, r.t, r.ts, r.k,
-                  json.dumps(r.d, sort_keys=True), ",".join(r.flags), block.height, block.time)
-                 for r in block.readings])
+                [(r.idx, r.dev, r.seq, r.hash, r.t, r.ts, r.k, d_json(r.d), ",".join(r.flags),
+                  height, time) for r in block.readings])
             c.executemany(
                 f"INSERT OR REPLACE INTO devices ({', '.join(_DEVICE_COLUMNS)}) "
                 f"VALUES ({', '.join('?' for _ in _DEVICE_COLUMNS)})",

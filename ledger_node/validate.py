@@ -9,13 +9,14 @@ with a machine-readable reason, which quarantine stores beside the raw bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from hsm import verify_es256
-from trustfleet.batch import open_reading
+from trustfleet.batch import OpenedReading, is_batched, open_reading
 from trustfleet.cose import is_low_s
 from trustfleet.errors import WireError
 from trustfleet.payload import GENESIS_PREV, Reading
@@ -31,6 +32,8 @@ ROTATED_KEY: Final = "rotated_key"
 CERT_EXPIRED: Final = "cert_expired"
 CERT_NOT_YET_VALID: Final = "cert_not_yet_valid"
 BAD_TOPIC: Final = "bad_topic"
+
+log = logging.getLogger(__name__)
 
 FLAG_GAP: Final = "gap"
 FLAG_PREV_MISMATCH: Final = "prev_mismatch"
@@ -113,6 +116,13 @@ def precheck(data: bytes, topic: DeviceTopic | None, devices: Mapping[str, Devic
         msg = open_reading(data, max_size=max_envelope)
     except WireError as exc:
         return Rejected(exc.reason, exc.detail, topic.device if topic else None)
+    return check_opened(msg, data, topic, devices, at_ms=at_ms)
+
+
+def check_opened(msg: OpenedReading, data: bytes, topic: DeviceTopic | None,
+                 devices: Mapping[str, DeviceState], *, at_ms: int | None = None
+                 ) -> Candidate | Rejected:
+    """The checks of `precheck` that follow parsing, on an envelope already opened."""
     reading = msg.reading
     dev = reading.dev
     if topic is None:
@@ -139,6 +149,155 @@ def precheck(data: bytes, topic: DeviceTopic | None, devices: Mapping[str, Devic
     return Candidate(data, reading, msg.to_be_signed, msg.signature, state.key, msg.chain_hash)
 
 
+# -- opening and verifying many envelopes, in worker processes or threads -----------------
+
+KeyHint = tuple[str, bytes, bytes]
+"""(device, key SPKI, kid) of the device an `up` topic names: the key its envelopes must
+verify with if they pass `check_opened`."""
+
+Opened = tuple[OpenedReading | WireError, bool | None]
+"""An envelope opened (or why it does not open), and its signature check if already done
+with the hinted key (None: not done)."""
+
+
+def key_hint(topic: DeviceTopic | None, devices: Mapping[str, DeviceState], *,
+             at_ms: int | None = None) -> KeyHint | None:
+    """The key an envelope on `topic` will be checked with, if the topic's device can have a
+    reading accepted at all (enrolled in that fleet, not revoked, certificate valid)."""
+    if topic is None:
+        return None
+    state = devices.get(topic.device)
+    if state is None or state.fleet != topic.fleet or state.revoked_height is not None:
+        return None
+    if at_ms is not None and (
+            (state.cert_not_after is not None and at_ms > state.cert_not_after)
+            or (state.cert_not_before is not None and at_ms < state.cert_not_before)):
+        return None
+    return topic.device, state.key, state.kid
+
+
+def _open_one(data: bytes, hint: KeyHint | None, max_envelope: int,
+              seen: dict[tuple[bytes, bytes, bytes], bool]) -> Opened:
+    """Open one envelope; verify it with the hinted key when it would pass `check_opened` with
+    that key as far as the envelope alone can tell (its device, its kid, low-S)."""
+    try:
+        msg = open_reading(data, max_size=max_envelope)
+    except WireError as exc:
+        return exc, None
+    if hint is None or msg.reading.dev != hint[0] or msg.kid != hint[2] \
+            or not is_low_s(msg.signature):
+        return msg, None
+    work = (hint[1], msg.to_be_signed, msg.signature)
+    ok = seen.get(work)
+    if ok is None:  # readings of one batch share one signature: checked once per chunk
+        ok = seen[work] = verify_es256(*work)
+    return msg, ok
+
+
+_OpenedRow = tuple[Any, ...]
+
+
+def open_chunk(items: Sequence[tuple[bytes, KeyHint | None]], max_envelope: int
+               ) -> list[_OpenedRow]:
+    """Worker side of `open_envelopes`: flat tuples, which cross a process boundary several
+    times faster than the dataclasses they are rebuilt into."""
+    seen: dict[tuple[bytes, bytes, bytes], bool] = {}
+    rows: list[_OpenedRow] = []
+    for data, hint in items:
+        msg, ok = _open_one(data, hint, max_envelope, seen)
+        if isinstance(msg, WireError):
+            rows.append((msg.reason, msg.detail))
+            continue
+        r = msg.reading
+        rows.append((r.dev, r.seq, r.prev, r.t, r.ts, r.k, r.d, r.v, msg.kid, msg.to_be_signed,
+                     msg.signature, msg.chain_hash, msg.batched, ok))
+    return rows
+
+
+def _from_row(row: _OpenedRow) -> Opened:
+    if len(row) == 2:
+        return WireError(row[0], row[1]), None
+    (dev, seq, prev, t, ts, k, d, v, kid, tbs, signature, chain_hash, batched, ok) = row
+    reading = Reading(dev=dev, seq=seq, prev=prev, t=t, ts=ts, k=k, d=d, v=v)
+    return OpenedReading(reading, kid, tbs, signature, chain_hash, batched), ok
+
+
+def open_envelopes(items: Sequence[tuple[bytes, KeyHint | None]],
+                   executor: Executor | None = None, *, max_envelope: int = 64 * 1024,
+                   chunk: int = 512, inline_below: int = 64) -> Iterator[Opened]:
+    """Open many envelopes and check the signatures the hints allow, in parallel chunks when
+    given an executor (threads or processes: the work is a module-level function over bytes);
+    yields the results in the order of `items`, each as soon as its chunk is done, so that
+    the caller works on the first ones while the workers work on the rest.
+
+    The result for each envelope is a function of its bytes and its hint only, so it does not
+    depend on the executor or the chunking. Chunks are consecutive runs of `items`, except
+    when there are batched readings: then chunks keep one device's envelopes together (a
+    batch signature shared by readings of one device is checked once per chunk), and the
+    results come once all chunks are done. If the executor breaks (a worker process died),
+    the rest is done here, with the same results."""
+    if executor is None or len(items) < inline_below:
+        yield from _open_inline(items, max_envelope)
+        return
+    parts_count = max(2, -(-len(items) // chunk))
+    size = -(-len(items) // parts_count)
+    if not any(is_batched(data) for data, _ in items):
+        parts = [list(range(i, min(i + size, len(items)))) for i in range(0, len(items), size)]
+        ordered = True
+    else:
+        groups: dict[str | None, list[int]] = {}
+        for i, (_, hint) in enumerate(items):
+            groups.setdefault(hint[0] if hint else None, []).append(i)
+        parts = [[]]
+        for indices in groups.values():
+            for start in range(0, len(indices), size):
+                if len(parts[-1]) >= size:
+                    parts.append([])
+                parts[-1].extend(indices[start:start + size])
+        ordered = False
+    out: list[Opened | None] = [] if ordered else [None] * len(items)
+    done = 0  # parts whose results are in
+    try:
+        rows = executor.map(open_chunk, [[items[i] for i in part] for part in parts],
+                            [max_envelope] * len(parts))
+        for part, got in zip(parts, rows, strict=True):
+            if ordered:
+                for row in got:
+                    yield _from_row(row)
+            else:
+                for i, row in zip(part, got, strict=True):
+                    out[i] = _from_row(row)
+            done += 1
+    except BrokenExecutor as exc:
+        log.warning("verification workers failed (%s); opening envelopes in this thread", exc)
+        rest = [i for part in parts[done:] for i in part]
+        if ordered:
+            yield from _open_inline([items[i] for i in rest], max_envelope)
+            return
+        for i, opened in zip(rest, _open_inline([items[i] for i in rest], max_envelope),
+                             strict=True):
+            out[i] = opened
+    if not ordered:
+        yield from out  # type: ignore[misc]  # every slot is filled
+
+
+def _open_inline(items: Sequence[tuple[bytes, KeyHint | None]], max_envelope: int
+                 ) -> Iterator[Opened]:
+    seen: dict[tuple[bytes, bytes, bytes], bool] = {}
+    for data, hint in items:
+        yield _open_one(data, hint, max_envelope, seen)
+
+
+def warm_worker() -> int:
+    """Run once in each worker at start: imports and key-parsing code paths are loaded."""
+    return len(open_chunk([], 0))
+
+
+def verify_many(work: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
+    """Signature checks of (key, to_be_signed, signature) triples (module level: picklable)."""
+    return [verify_es256(key, tbs, sig) for key, tbs, sig in work]
+
+
 def verify_candidates(candidates: Sequence[Candidate],
                       executor: Executor | None = None, chunk: int = 256) -> list[bool]:
     """Signature checks for many candidates, in parallel chunks when given an executor.
@@ -150,15 +309,11 @@ def verify_candidates(candidates: Sequence[Candidate],
     for c in candidates:
         unique.setdefault((c.key, c.to_be_signed, c.signature), len(unique))
     work = list(unique)
-
-    def run(part: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
-        return [verify_es256(key, tbs, sig) for key, tbs, sig in part]
-
     if executor is None or len(work) <= chunk:
-        results = run(work)
+        results = verify_many(work)
     else:
         parts = [work[i:i + chunk] for i in range(0, len(work), chunk)]
-        results = [ok for result in executor.map(run, parts) for ok in result]
+        results = [ok for result in executor.map(verify_many, parts) for ok in result]
     return [results[unique[(c.key, c.to_be_signed, c.signature)]] for c in candidates]
 
 

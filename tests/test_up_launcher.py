@@ -43,7 +43,7 @@ def test_up_runs_a_fleet_stops_on_sigterm_and_resumes_the_same_chain(tmp_path: P
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, out
-    assert "MQTT broker mqtt://127.0.0.1:" in out and "dashboard http://127.0.0.1:" in out
+    assert "MQTT broker mqtts://127.0.0.1:" in out and "dashboard http://127.0.0.1:" in out
     assert "stopped; data kept in" in out
     check = subprocess.run(cli("verify", "--data", str(data / "node-1")), capture_output=True,
                            text=True, timeout=60, check=False)

@@ -62,8 +62,29 @@ class Sign1:
 
 
 def sig_structure(protected: bytes, payload: bytes) -> bytes:
-    """Sig_structure for COSE_Sign1 with empty external AAD (RFC 9052 §4.4)."""
-    return cbor.dumps(["Signature1", protected, b"", payload])
+    """Sig_structure for COSE_Sign1 with empty external AAD (RFC 9052 §4.4).
+
+    Written out directly: the same bytes as cbor.dumps(["Signature1", protected, b"",
+    payload]) (a 4-array, a 10-character text string, byte strings with their shortest
+    length headers), without the generic encoder's cost on the ledger's hot path."""
+    return b"".join((_SIG_STRUCTURE_HEAD, _bstr_head(len(protected)), protected, b"\x40",
+                     _bstr_head(len(payload)), payload))
+
+
+_SIG_STRUCTURE_HEAD: Final = b"\x84\x6aSignature1"
+
+
+def _bstr_head(n: int) -> bytes:
+    """The deterministic CBOR head of a byte string of n bytes (major type 2)."""
+    if n < 24:
+        return bytes((0x40 + n,))
+    if n < 0x100:
+        return bytes((0x58, n))
+    if n < 0x10000:
+        return b"\x59" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\x5a" + n.to_bytes(4, "big")
+    return b"\x5b" + n.to_bytes(8, "big")
 
 
 def protected_header(kid: bytes) -> bytes:
@@ -83,8 +104,54 @@ def sign1(payload: bytes, kid: bytes, sign: SignFunction) -> bytes:
 
 def decode_sign1(data: bytes, *, max_size: int = 64 * 1024) -> Sign1:
     """Take a COSE_Sign1 apart. Raises WireError with a quarantine reason on any defect."""
-    item = cbor.loads_strict(data, max_size=max_size)
-    return sign1_from_item(item)
+    fast = _sign1_fast(data, max_size)
+    return fast if fast is not None else _decode_sign1_generic(data, max_size)
+
+
+def _decode_sign1_generic(data: bytes, max_size: int) -> Sign1:
+    return sign1_from_item(cbor.loads_strict(data, max_size=max_size))
+
+
+# The protected header we write, {1: -7, 4: kid}, as deterministic CBOR, up to the kid;
+# wrapped in its byte string head (38 bytes).
+_PROTECTED_HEAD: Final = b"\x58\x26\xa2\x01\x26\x04\x58\x20"
+_SIGNATURE_HEAD: Final = b"\x58\x40"
+
+
+def _sign1_fast(data: bytes, max_size: int) -> Sign1 | None:
+    """The envelope we write (tagged or not; protected header exactly {1: -7, 4: kid};
+    empty unprotected map; payload of any length; 64-byte signature), taken apart without
+    the generic decoder. None for anything else, which then takes the generic path: when
+    this returns a Sign1, `sign1_from_item(cbor.loads_strict(data))` returns the same one.
+    """
+    n = len(data)
+    if n > max_size or type(data) is not bytes:
+        return None
+    if data[:2] == b"\xd2\x84":
+        i = 2
+    elif data[:1] == b"\x84":
+        i = 1
+    else:
+        return None
+    if data[i:i + 8] != _PROTECTED_HEAD or n < i + 41 or data[i + 40] != 0xA0:
+        return None
+    protected, kid = data[i + 2:i + 40], data[i + 8:i + 40]
+    i += 41
+    if n <= i + 2:
+        return None
+    head = data[i]  # the payload's byte string head, in its shortest form
+    if 0x40 <= head <= 0x57:
+        size, i = head - 0x40, i + 1
+    elif head == 0x58 and data[i + 1] >= 24:
+        size, i = data[i + 1], i + 2
+    elif head == 0x59 and int.from_bytes(data[i + 1:i + 3], "big") >= 0x100:
+        size, i = int.from_bytes(data[i + 1:i + 3], "big"), i + 3
+    else:
+        return None
+    if n != i + size + 2 + SIGNATURE_SIZE or data[i + size:i + size + 2] != _SIGNATURE_HEAD:
+        return None
+    return Sign1(protected=protected, kid=kid, payload=data[i:i + size],
+                 signature=data[i + size + 2:])
 
 
 def sign1_from_item(item: object) -> Sign1:

@@ -9,9 +9,12 @@ differ in what a verifier sees.
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from typing import Any, Final
+
+import cbor2
 
 from trustfleet import cbor
 from trustfleet.errors import BAD_PAYLOAD, NON_DETERMINISTIC, WireError
@@ -54,12 +57,102 @@ def encode_payload(reading: Reading) -> bytes:
 
 def decode_payload(data: bytes) -> Reading:
     """Decode and check a payload. Raises WireError(bad_payload | non_deterministic_cbor | ...)."""
-    value = cbor.loads_strict(data, max_size=16 * 1024)
+    fast = _decode_fast(data)
+    return fast if fast is not None else _decode_generic(data)
+
+
+def _decode_generic(data: bytes) -> Reading:
+    value = cbor.loads_strict(data, max_size=_MAX_PAYLOAD)
     check_reading_map(value)
     if not cbor.is_deterministic(data, value):
         raise WireError(NON_DETERMINISTIC, "payload is not deterministic CBOR (RFC 8949 §4.2)")
     return Reading(v=value["v"], dev=value["dev"], seq=value["seq"], prev=value["prev"],
                    t=value["t"], ts=value["ts"], k=value["k"], d=value["d"])
+
+
+# A valid payload in deterministic CBOR is a map of 8 pairs whose keys come in this order
+# (shortest encoding first, then bytewise): d, k, t, v, ts, dev, seq, prev.
+_MAX_PAYLOAD: Final = 16 * 1024
+_HEAD_D: Final = b"\xa8\x61d"
+_KEY_K: Final = b"\x61k"
+_KEY_T: Final = b"\x61t"
+_KEY_V1: Final = b"\x61v\x01"  # with its only value, 1
+_KEY_TS: Final = b"\x62ts"
+_KEY_DEV: Final = b"\x63dev"
+_KEY_SEQ: Final = b"\x63seq"
+_KEY_PREV: Final = b"\x64prev\x58\x20"  # with the head of its 32-byte value
+
+
+def _decode_fast(data: bytes) -> Reading | None:
+    """A valid payload in the layout above, read without the generic decoder (except for
+    `d`) and without re-encoding all of it; None for anything else, which then takes the
+    generic path. When this returns a Reading, the generic path returns an equal one: every
+    check of check_reading_map is made, and every part is checked to be in its shortest
+    encoding, `d` by re-encoding it."""
+    if type(data) is not bytes or len(data) > _MAX_PAYLOAD or data[:3] != _HEAD_D:
+        return None
+    try:
+        fp = io.BytesIO(data)
+        fp.seek(3)
+        d = cbor2.CBORDecoder(fp).decode()
+        i = fp.tell()
+        if type(d) is not dict or cbor.dumps(d) != data[3:i]:
+            return None
+        _check_values(d)
+        if data[i:i + 2] != _KEY_K:
+            return None
+        k, i = _text(data, i + 2)
+        if data[i:i + 2] != _KEY_T:
+            return None
+        t, i = _uint(data, i + 2)
+        if data[i:i + 3] != _KEY_V1 or data[i + 3:i + 6] != _KEY_TS:
+            return None
+        ts, i = _text(data, i + 6)
+        if data[i:i + 4] != _KEY_DEV:
+            return None
+        dev, i = _text(data, i + 4)
+        if data[i:i + 4] != _KEY_SEQ:
+            return None
+        seq, i = _uint(data, i + 4)
+        if data[i:i + 7] != _KEY_PREV or len(data) != i + 39:
+            return None
+    except (WireError, cbor2.CBORDecodeError, ValueError, TypeError, IndexError,
+            OverflowError, RecursionError):
+        return None
+    if not (DEVICE_ID_RE.match(dev) and 1 <= seq <= MAX_SEQ and t < 1 << 53
+            and ts in TIME_SOURCES and KIND_RE.match(k)):
+        return None
+    return Reading(v=1, dev=dev, seq=seq, prev=data[i + 7:], t=t, ts=ts, k=k, d=d)
+
+
+def _text(data: bytes, i: int) -> tuple[str, int]:
+    """A text string (shortest head, at most 255 bytes) at i, and where it ends."""
+    head = data[i]
+    if 0x60 <= head <= 0x77:
+        start, end = i + 1, i + 1 + head - 0x60
+    elif head == 0x78 and data[i + 1] >= 24:
+        start, end = i + 2, i + 2 + data[i + 1]
+    else:
+        raise ValueError("not a short text string")
+    if end > len(data):
+        raise ValueError("truncated")
+    return data[start:end].decode("utf-8"), end
+
+
+def _uint(data: bytes, i: int) -> tuple[int, int]:
+    """An unsigned integer in its shortest encoding at i, and where it ends."""
+    head = data[i]
+    if head < 24:
+        return head, i + 1
+    if 24 <= head <= 27:
+        size = 1 << (head - 24)
+        if i + 1 + size > len(data):
+            raise ValueError("truncated")
+        value = int.from_bytes(data[i + 1:i + 1 + size], "big")
+        if value < (24 if size == 1 else 1 << (4 * size)):
+            raise ValueError("not the shortest encoding")
+        return value, i + 1 + size
+    raise ValueError("not an unsigned integer")
 
 
 def _fail(detail: str) -> WireError:
