@@ -118,43 +118,56 @@ def _verify_loop(seconds: float) -> tuple[int, float]:
     return n, time.perf_counter() - start
 
 
-def raw_verify_rate(seconds: float = 2.0) -> float:
+# Each raw rate is the best of a few short runs: on a shared (virtual) machine a single run
+# can catch a slow moment, and a low yardstick would flatter the ratio.
+RAW_RUNS, RAW_SECONDS = 3, 1.0
+
+
+def raw_verify_rate(seconds: float = RAW_SECONDS, runs: int = RAW_RUNS) -> float:
     """Raw P-256 verifications per second on one core."""
-    n, took = _verify_loop(seconds)
-    return n / took
+    return max(n / took for n, took in (_verify_loop(seconds) for _ in range(runs)))
 
 
-def raw_verify_rate_threads(workers: int, seconds: float = 2.0) -> float:
+def raw_verify_rate_threads(workers: int, seconds: float = RAW_SECONDS,
+                            runs: int = RAW_RUNS) -> float:
     """The same on `workers` threads (cryptography releases the GIL while it verifies)."""
-    counts = [0] * workers
+    best = 0.0
+    for _ in range(runs):
+        counts = [0] * workers
 
-    def run(i: int) -> None:
-        counts[i] = _verify_loop(seconds)[0]
+        def run(i: int, counts: list[int] = counts) -> None:
+            counts[i] = _verify_loop(seconds)[0]
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - start)
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        best = max(best, sum(counts) / (time.perf_counter() - start))
+    return best
 
 
-def raw_verify_rate_processes(workers: int, seconds: float = 2.0) -> float:
+def raw_verify_rate_processes(workers: int, seconds: float = RAW_SECONDS,
+                              runs: int = RAW_RUNS) -> float:
     """The same in `workers` processes (no shared interpreter at all)."""
+    best = 0.0
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_verify_loop, [0.05] * workers))  # started and warm
-        start = time.perf_counter()
-        counts = [n for n, _ in pool.map(_verify_loop, [seconds] * workers)]
-        return sum(counts) / (time.perf_counter() - start)
+        for _ in range(runs):
+            start = time.perf_counter()
+            counts = [n for n, _ in pool.map(_verify_loop, [seconds] * workers)]
+            best = max(best, sum(counts) / (time.perf_counter() - start))
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ledger_node.bench",
                                  description="Throughput and latency of one ledger node.")
     ap.add_argument("--devices", type=int, default=50, help="simulated devices (50)")
-    ap.add_argument("--readings", type=int, default=20_000,
-                    help="readings in the throughput phase (20000)")
+    ap.add_argument("--readings", type=int, default=60_000,
+                    help="readings in the throughput phase (60000: long enough that the "
+                         "first block's wait and the last block's write do not dominate)")
     ap.add_argument("--steady-rate", type=float, default=5000,
                     help="readings/s in the steady phase (5000; 0: no steady phase)")
     ap.add_argument("--steady-seconds", type=float, default=10,
@@ -265,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"publish->commit (burst):      p50 {percentile(lat_burst, 50) * 1000:.0f} ms, "
           f"p99 {percentile(lat_burst, 99) * 1000:.0f} ms (everything published at once)")
     print(f"raw P-256 verifications/s:    {raw_one:,.0f} on one core; on {cores} cores "
-          f"{raw_threads:,.0f} (threads), {raw_procs:,.0f} (processes) (same run)")
+          f"{raw_threads:,.0f} (threads), {raw_procs:,.0f} (processes) (same run, best of "
+          f"{RAW_RUNS})")
     print(f"ratio committed/raw verify:   {rate / raw_all:.2f} of the {cores}-core rate "
           f"({raw_all:,.0f}/s); {rate / raw_one:.2f} of the one-core rate")
     per = 1e6 / committed

@@ -2,7 +2,9 @@
 
 `Chain.apply(batch)` is deterministic in the batch and the committed log (DESIGN.md §5):
 ledger time comes from the batch, iteration follows batch order, and no clock or randomness
-is read. The only side effects are the store transaction and the node's signature.
+is read. The only side effects are the store transaction and the node's signature. Where
+envelopes are parsed and signatures checked (the executor: worker processes or none) and
+what was opened ahead of time (`prefetch`) never change a block (tests/test_parallel_verify.py).
 
 The block's transaction also stores the hash of every perfect subtree its entries complete
 (`merkle_nodes`, see ledger_node.subtrees), so that proofs against any head are lookups.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 
@@ -37,6 +39,7 @@ from ledger_node.validate import (
     DeviceState,
     Duplicate,
     KeyHint,
+    Opened,
     Outcome,
     Rejected,
     SeqLookup,
@@ -107,13 +110,31 @@ class AdminOutcome:
     state: DeviceState | None = None
 
 
+@dataclass
+class _Opening:
+    """The envelopes of a batch of messages being opened (validate.open_envelopes)."""
+
+    messages: Sequence[Message]
+    slots: list[tuple[Message, bytes, DeviceTopic | None, Rejected | None]]
+    hints: dict[str, KeyHint | None]
+    opened: Iterator[Opened]
+
+
 class Chain:
-    """The chain state of one node and the rule that extends it."""
+    """The chain state of one node and the rule that extends it.
+
+    `executor`: where envelopes are opened and signatures checked (validate.open_envelopes);
+    blocks are the same without one. `on_decided`, if set, is called in `apply` once the
+    block's contents are decided and before it is signed and written: the node uses it to
+    hand the next batch to the workers (`prefetch`) while this one is written.
+    """
 
     def __init__(self, store: Store, chain_id: str, node_id: str, signer: Signer,
                  executor: Executor | None = None) -> None:
         self.store = store
         self.executor = executor
+        self.on_decided: Callable[[], None] | None = None
+        self._next: _Opening | None = None
         self.chain_id = chain_id
         self.node_id = node_id
         self.signer = signer
@@ -143,6 +164,38 @@ class Chain:
     @property
     def size(self) -> int:
         return self.range.size
+
+    def prefetch(self, messages: Sequence[Message], at_ms: int) -> None:
+        """Start opening the envelopes of the batch that comes next (these messages, in this
+        order), so that the workers are busy with it while the current block is written.
+
+        Whatever the next block turns out to be, its contents are those `apply` alone would
+        give: the results are used only for the same messages, and a worker's signature check
+        only if it was made with the key `apply`'s own checks pick (validate.check_opened)."""
+        if self.executor is not None and messages:
+            self._next = self._open(messages, self.devices, at_ms)
+
+    def _open(self, messages: Sequence[Message], view: Mapping[str, DeviceState],
+              at_ms: int) -> _Opening:
+        slots: list[tuple[Message, bytes, DeviceTopic | None, Rejected | None]] = []
+        work: list[tuple[bytes, KeyHint | None]] = []
+        topics: dict[str, DeviceTopic | None] = {}
+        hints: dict[str, KeyHint | None] = {}
+        for msg in messages:
+            if msg.topic in topics:
+                topic, hint = topics[msg.topic], hints[msg.topic]
+            else:
+                topic = topics[msg.topic] = parse_up_topic(msg.topic)
+                hint = hints[msg.topic] = key_hint(topic, view, at_ms=at_ms)
+            try:
+                envelopes = split_message(msg.payload)
+            except WireError as exc:
+                slots.append((msg, msg.payload, topic, Rejected(exc.reason, exc.detail, None)))
+                continue
+            for data in envelopes:
+                slots.append((msg, data, topic, None))
+                work.append((data, hint))
+        return _Opening(messages, slots, hints, open_envelopes(work, self.executor))
 
     def apply(self, batch: OrderedBatch) -> ApplyResult:
         """Apply one ordered batch; commit a block if it produced any entry."""
@@ -186,27 +239,15 @@ class Chain:
         # (validate.open_envelopes): workers open the envelopes and check each signature with
         # the key its topic's device would need; results stream back in batch order while
         # this loop goes on. A signature the workers did not check is checked here.
-        slots: list[tuple[Message, bytes, DeviceTopic | None, Rejected | None]] = []
-        work: list[tuple[bytes, KeyHint | None]] = []
-        topics: dict[str, DeviceTopic | None] = {}
-        hints: dict[str, KeyHint | None] = {}
-        for msg in batch.messages:
-            if msg.topic in topics:
-                topic, hint = topics[msg.topic], hints[msg.topic]
-            else:
-                topic = topics[msg.topic] = parse_up_topic(msg.topic)
-                hint = hints[msg.topic] = key_hint(topic, view, at_ms=time)
-            try:
-                envelopes = split_message(msg.payload)
-            except WireError as exc:
-                slots.append((msg, msg.payload, topic, Rejected(exc.reason, exc.detail, None)))
-                continue
-            for data in envelopes:
-                slots.append((msg, data, topic, None))
-                work.append((data, hint))
-        opened = open_envelopes(work, self.executor)
+        ahead, self._next = self._next, None
+        if ahead is not None and len(ahead.messages) == len(batch.messages) and all(
+                a is b for a, b in zip(ahead.messages, batch.messages, strict=True)):
+            opening = ahead  # opened while the previous block was written
+        else:
+            opening = self._open(batch.messages, view, time)
+        opened, hints = opening.opened, opening.hints
 
-        for msg, raw, topic, failed in slots:
+        for msg, raw, topic, failed in opening.slots:
             outcome: Outcome
             if failed is not None:
                 outcome = failed
@@ -244,6 +285,8 @@ class Chain:
             result.accepted += 1
             result.touched.add(r.dev)
 
+        if self.on_decided is not None:
+            self.on_decided()
         if not new_entries:
             if quarantine:
                 self.store.add_quarantine(quarantine)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from ledger_node.chain import Message
 from ledger_node.quarantine import OVERLOAD, Tally
 from trustfleet.batch import is_batched
-from trustfleet.topics import parse_up_topic
+from trustfleet.topics import DeviceTopic, parse_up_topic
 
 __all__ = ["FairInbox", "Lane", "Taken", "plausible_start"]
 
@@ -50,6 +50,7 @@ SUSPECT = ""
 """Key of the shared suspect lane (no topic is empty)."""
 
 DEMOTE_AT, PROMOTE_AT, SMOOTHING = 0.5, 0.1, 0.5
+TOPIC_CACHE = 100_000
 MIN_REJECTS = 3
 
 
@@ -105,6 +106,7 @@ class FairInbox:
         # then, rather than on every message.
         self._wake_good: int | None = None
         self._wake_suspect = False
+        self._topics: dict[str, DeviceTopic | None] = {}  # parse_up_topic, remembered
 
     # -- paho's thread --------------------------------------------------------------------
     def put(self, msg: Message) -> None:
@@ -139,7 +141,12 @@ class FairInbox:
                 self.changed.notify_all()
 
     def _classify(self, msg: Message) -> str:
-        topic = parse_up_topic(msg.topic)
+        if msg.topic in self._topics:
+            topic = self._topics[msg.topic]
+        else:
+            if len(self._topics) >= TOPIC_CACHE:  # a flood of made-up topics: start over
+                self._topics.clear()
+            topic = self._topics[msg.topic] = parse_up_topic(msg.topic)
         if (topic is None or len(msg.payload) > self.max_message_bytes
                 or not plausible_start(msg.payload) or not self.enrolled(topic.fleet,
                                                                          topic.device)):

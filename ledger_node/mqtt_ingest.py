@@ -20,8 +20,8 @@ the same interpreter lock as the apply thread.
 
 Connecting, TLS, reconnecting, keepalive, subscriptions and publishing are paho's. This
 relies on paho 2.x internals (`_sock`, `_in_packet`, `_out_packet`, `_packet_handle`,
-`_loop_rc_handle`, the callback mutexes), pinned by `paho-mqtt>=2.1,<3`;
-tests/test_mqtt_ingest.py checks it against a real broker.
+`_loop_rc_handle`, the callback mutexes; pyproject allows paho-mqtt >=2.1,<3);
+tests/test_mqtt_ingest.py checks it against a real broker, in MQTT 5 and 3.1.1.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ from paho.mqtt.exception import MalformedPacket
 PUBLISH = 0x30
 PUBACK = 0x40
 READ_SIZE = 64 * 1024
-MAX_PACKETS_PER_READ = 10_000
-"""Packets framed per `loop_read` before paho's loop gets to write (PUBACKs) again."""
 
 
 class IngestClient(mqtt.Client):
@@ -59,8 +57,6 @@ class IngestClient(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         if self._rsock is not self._sock:  # a new connection: nothing of the old one
             self._rbuf, self._rsock = b"", self._sock
-        if self._in_packet["command"]:  # paho started a packet itself: let it finish
-            return super().loop_read(max_packets)
         try:
             data = self._sock_recv(READ_SIZE)
         except BlockingIOError:
@@ -75,7 +71,7 @@ class IngestClient(mqtt.Client):
         buf = self._rbuf + data if self._rbuf else data
         pos, end = 0, len(buf)
         try:
-            for _ in range(MAX_PACKETS_PER_READ):
+            while True:  # every complete packet read so far (at most READ_SIZE more bytes)
                 # fixed header: the command byte, then the remaining length in 1 to 4
                 # bytes of 7 bits each, the last one without its top bit
                 length, mult, i, complete = 0, 1, pos + 1, False
@@ -112,14 +108,14 @@ class IngestClient(mqtt.Client):
                            "remaining_mult": 1, "remaining_length": len(body),
                            "packet": bytearray(body), "to_process": 0, "pos": 0}
         try:
-            rc = self._packet_handle()
+            return self._packet_handle()
         except MalformedPacket as exc:
             self._easy_log(MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
-            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-        self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [],
-                           "remaining_mult": 1, "remaining_length": 0,
-                           "packet": bytearray(b""), "to_process": 0, "pos": 0}
-        return rc
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        finally:
+            self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [],
+                               "remaining_mult": 1, "remaining_length": 0,
+                               "packet": bytearray(b""), "to_process": 0, "pos": 0}
 
     def _fast_publish(self, command: int, body: bytes) -> bool:
         """Deliver a plain QoS 0/1 PUBLISH; False leaves the packet to paho."""

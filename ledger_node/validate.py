@@ -226,9 +226,10 @@ def open_envelopes(items: Sequence[tuple[bytes, KeyHint | None]],
                    executor: Executor | None = None, *, max_envelope: int = 64 * 1024,
                    chunk: int = 512, inline_below: int = 64) -> Iterator[Opened]:
     """Open many envelopes and check the signatures the hints allow, in parallel chunks when
-    given an executor (threads or processes: the work is a module-level function over bytes);
-    yields the results in the order of `items`, each as soon as its chunk is done, so that
-    the caller works on the first ones while the workers work on the rest.
+    given an executor (threads or processes: the work is a module-level function over bytes).
+    The chunks are handed to the executor at once; the iterator returned yields the results
+    in the order of `items`, each as soon as its chunk is done, so that the caller works on
+    the first ones while the workers work on the rest.
 
     The result for each envelope is a function of its bytes and its hint only, so it does not
     depend on the executor or the chunking. Chunks are consecutive runs of `items`, except
@@ -237,8 +238,7 @@ def open_envelopes(items: Sequence[tuple[bytes, KeyHint | None]],
     results come once all chunks are done. If the executor breaks (a worker process died),
     the rest is done here, with the same results."""
     if executor is None or len(items) < inline_below:
-        yield from _open_inline(items, max_envelope)
-        return
+        return _open_inline(items, max_envelope)
     parts_count = max(2, -(-len(items) // chunk))
     size = -(-len(items) // parts_count)
     if not any(is_batched(data) for data, _ in items):
@@ -255,11 +255,21 @@ def open_envelopes(items: Sequence[tuple[bytes, KeyHint | None]],
                     parts.append([])
                 parts[-1].extend(indices[start:start + size])
         ordered = False
-    out: list[Opened | None] = [] if ordered else [None] * len(items)
-    done = 0  # parts whose results are in
     try:
         rows = executor.map(open_chunk, [[items[i] for i in part] for part in parts],
                             [max_envelope] * len(parts))
+    except BrokenExecutor as exc:
+        log.warning("verification workers failed (%s); opening envelopes in this thread", exc)
+        return _open_inline(items, max_envelope)
+    return _collect(items, parts, rows, ordered, max_envelope)
+
+
+def _collect(items: Sequence[tuple[bytes, KeyHint | None]], parts: list[list[int]],
+             rows: Iterator[list[_OpenedRow]], ordered: bool, max_envelope: int
+             ) -> Iterator[Opened]:
+    out: list[Opened | None] = [] if ordered else [None] * len(items)
+    done = 0  # parts whose results are in
+    try:
         for part, got in zip(parts, rows, strict=True):
             if ordered:
                 for row in got:

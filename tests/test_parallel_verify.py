@@ -63,13 +63,21 @@ def _dump(db: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def _run(tmp: Path, name: str, node: SoftwareSigner, admin: list[bytes],
-         batches: list[OrderedBatch], executor: Executor | None) -> dict[str, Any]:
+         batches: list[OrderedBatch], executor: Executor | None, *,
+         prefetch: bool = False) -> dict[str, Any]:
+    """Apply the batches; with `prefetch`, as the node does under load: each batch's
+    messages are handed to the workers while the previous block is written."""
     store = Store(tmp / f"{name}.sqlite")
     chain = Chain(store, "main", "node-1", node, executor=executor)
     genesis = chain.apply(OrderedBatch(T, "node-1", tuple(admin), ()))
     assert all(a.status == "accepted" for a in genesis.admin)
     results = []
-    for batch in batches:
+    for i, batch in enumerate(batches):
+        if prefetch and i + 1 < len(batches):
+            following = batches[i + 1]
+            chain.on_decided = lambda m=following.messages: chain.prefetch(m, T)
+        else:
+            chain.on_decided = None
         r = chain.apply(batch)
         results.append((r.accepted, r.duplicates, sorted(r.rejected.items()),
                         sorted(r.touched), r.header_bytes, r.block_hash))
@@ -140,6 +148,9 @@ def test_blocks_are_byte_identical_with_and_without_verification_workers(
     assert pool is not None
     try:
         processes = _run(tmp_path, "processes", node, admin, batches, pool)
+        # Opened ahead, while the block before is written: from the state before that
+        # block (batch three's revocation comes after its messages were handed out).
+        ahead = _run(tmp_path, "ahead", node, admin, batches, pool, prefetch=True)
     finally:
         pool.shutdown()
     # the batches exercise what they should
@@ -153,6 +164,7 @@ def test_blocks_are_byte_identical_with_and_without_verification_workers(
     # ... and nothing depends on where signatures were checked
     assert threaded == inline
     assert processes == inline
+    assert ahead == inline
     assert "verification workers failed" not in caplog.text  # they did the work
 
 
@@ -184,3 +196,19 @@ def test_open_envelopes_gives_the_same_results_whatever_the_chunks_or_a_broken_p
         for chunk in (1, 7, 100, 5000):
             assert _comparable(open_envelopes(items, pool, chunk=chunk, inline_below=1)) == inline
     assert _comparable(open_envelopes(items, _Breaks(), inline_below=1)) == inline
+
+
+def test_verify_workers_default_to_one_per_cpu_and_zero_means_none(tmp_path: Path) -> None:
+    import os
+
+    from ledger_node.config import load_config
+    from ledger_node.errors import ConfigError
+
+    assert load_config(None).verify_processes == (os.cpu_count() or 1)
+    toml = tmp_path / "node.toml"
+    toml.write_text("[node]\nverify_workers = 0\n")
+    assert load_config(toml).verify_processes == 0
+    assert start_verify_pool(0) is None
+    toml.write_text("[node]\nverify_workers = -1\n")
+    with pytest.raises(ConfigError, match="verify_workers"):
+        load_config(toml)
