@@ -264,7 +264,7 @@ class Chain:
                         if ok is None or hint is None or hint[1] != checked_item.key:
                             ok = verify_candidates([checked_item])[0]
                         outcome = decide(checked_item, ok, state_of(checked_item.reading.dev),
-                                         lookup)
+                                         lookup, at_ms=time)
             if isinstance(outcome, Rejected):
                 quarantine.append(_quarantine(msg, raw, outcome.reason, outcome.detail,
                                               outcome.dev))

@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger_node.validate import FLAG_CLOCK_SKEW, clock_skewed
 from trustfleet.payload import GENESIS_PREV, Reading
 
 GAP, PREV_MISMATCH, LATE = "gap", "prev_mismatch", "late"
@@ -92,6 +93,8 @@ class LogReplay:
         expected = GENESIS_PREV if r.seq == 1 else state.hashes.get(r.seq - 1)
         if expected is not None and expected != r.prev:
             flags.append(PREV_MISMATCH)
+        if clock_skewed(r.t, block_time):
+            flags.append(FLAG_CLOCK_SKEW)
         digest = chain_hash
         state.hashes[r.seq] = digest
         state.readings += 1

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 FLAG_GAP: Final = "gap"
 FLAG_PREV_MISMATCH: Final = "prev_mismatch"
 FLAG_LATE: Final = "late"
+FLAG_CLOCK_SKEW: Final = "clock_skew"
+MAX_CLOCK_SKEW_MS: Final = 10 * 60 * 1000
+"""Device time further than this from the block's ledger time is flagged (never refused:
+device time is recorded, not trusted; an RTC reset to 1970 after a power cut shows here)."""
 
 
 @dataclass
@@ -328,7 +332,7 @@ def verify_candidates(candidates: Sequence[Candidate],
 
 
 def decide(candidate: Candidate, verified: bool, state: DeviceState,
-           lookup: SeqLookup) -> Outcome:
+           lookup: SeqLookup, *, at_ms: int | None = None) -> Outcome:
     """The stateful part: signature result, duplicates, replays, gaps and `prev` links.
 
     The common case (the next seq of a device) needs no lookup: `state.last_hash` holds the
@@ -346,7 +350,7 @@ def decide(candidate: Candidate, verified: bool, state: DeviceState,
         if seen is not None:
             return Rejected(REPLAY_CONFLICT,
                             f"seq {reading.seq} already committed with other bytes", dev)
-    return Accepted(reading, envelope_hash, _flags(reading, state, lookup))
+    return Accepted(reading, envelope_hash, _flags(reading, state, lookup, at_ms))
 
 
 def validate_envelope(
@@ -363,10 +367,15 @@ def validate_envelope(
     if isinstance(candidate, Rejected):
         return candidate
     state = devices[candidate.reading.dev]
-    return decide(candidate, verify_candidates([candidate])[0], state, lookup)
+    return decide(candidate, verify_candidates([candidate])[0], state, lookup, at_ms=at_ms)
 
 
-def _flags(reading: Reading, state: DeviceState, lookup: SeqLookup) -> tuple[str, ...]:
+def clock_skewed(device_ms: int, ledger_ms: int | None) -> bool:
+    return ledger_ms is not None and abs(device_ms - ledger_ms) > MAX_CLOCK_SKEW_MS
+
+
+def _flags(reading: Reading, state: DeviceState, lookup: SeqLookup,
+           at_ms: int | None = None) -> tuple[str, ...]:
     flags: list[str] = []
     if reading.seq > state.last_seq + 1:
         flags.append(FLAG_GAP)
@@ -381,4 +390,6 @@ def _flags(reading: Reading, state: DeviceState, lookup: SeqLookup) -> tuple[str
         expected = lookup(reading.dev, reading.seq - 1)
     if expected is not None and expected != reading.prev:
         flags.append(FLAG_PREV_MISMATCH)
+    if clock_skewed(reading.t, at_ms):
+        flags.append(FLAG_CLOCK_SKEW)
     return tuple(flags)

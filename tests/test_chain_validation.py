@@ -132,3 +132,16 @@ def test_malleated_high_s_copy_of_a_reading_is_quarantined_not_committed(tmp_pat
                                          sig[:32] + (P256_ORDER - s).to_bytes(32, "big")]))
     result = tc.apply([dev.message(twin), dev.message(env)])
     assert result.accepted == 1 and result.rejected == {"bad_signature": 1}
+
+
+def test_a_reading_whose_device_clock_is_far_from_ledger_time_is_accepted_and_flagged(
+        tmp_path: Path) -> None:
+    dev = Device("truck-1")
+    tc = ChainUnderTest(tmp_path / "l.sqlite", [dev])
+    near = dev.reading(t=tc.time)            # the device clock agrees with the ledger
+    rtc_reset = dev.reading(t=1_000)         # an RTC back at 1970 after a power cut
+    result = tc.apply([dev.message(near), dev.message(rtc_reset)])
+    assert result.accepted == 2
+    with sqlite3.connect(tmp_path / "l.sqlite") as conn:
+        flags = dict(conn.execute("SELECT seq, flags FROM readings"))
+    assert flags == {1: "", 2: "clock_skew"}

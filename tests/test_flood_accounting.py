@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,7 @@ def test_a_flood_is_stored_or_counted_and_valid_readings_all_commit_contiguously
         last = None
         for _ in range(PER_DEVICE):  # interleaved with the flood
             for d in devices:
-                last = valid.publish(d.topic, d.reading(), qos=1)
+                last = valid.publish(d.topic, d.reading(t=time.time_ns() // 1_000_000), qos=1)
         assert last is not None
         last.wait_for_publish(60)
         flooder.join(60)
