@@ -311,7 +311,7 @@ def test_readings_travel_over_tls_to_the_real_node_and_forgeries_never_reach_it(
                 "Not authorized"
             assert b.publish("tf/v1/test/truck-b/up", b"\xff barrier") == "Success"
         wait_for(lambda: any(i["topic"] == "tf/v1/test/truck-b/up"
-                             for i in node.get("/v1/quarantine")["items"]), 30,
+                             for i in node.get("/v1/quarantine")["items"]), 90,
                  "the barrier in the node's quarantine", proc=node.proc, log_file=node.log)
         items = node.get("/v1/quarantine")["items"]
         assert [i["topic"] for i in items] == ["tf/v1/test/truck-b/up"]
