@@ -78,3 +78,15 @@ def start_node(data: Path, rig_dir: Path, broker_port: int, enroll: Path,
     wait_for(lambda: node.get("/v1/node/status")["broker_connected"], 60, "ledger node",
              proc=proc, log_file=log)
     return node
+
+
+def truck_agent_toml(dev: str, data: Path, port: int, **extra: object) -> str:
+    """An [agent] table for a shim-fed truck, tuned for quick tests (short resend and reconnect
+    times); `extra` adds or overrides settings (strings are quoted)."""
+    settings: dict[str, object] = {
+        "device_id": dev, "fleet": "test", "data_dir": str(data), "broker_port": port,
+        "gps_port": f"{data}/gps.tty", "w1_dir": f"{data}/w1", "gps_interval_s": 0.2,
+        "temp_interval_s": 1.0, "resend_after_s": 2.0, "resend_max_s": 4.0,
+        "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "status_interval_s": 3.0, **extra}
+    lines = [f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items()]
+    return "[agent]\n" + "\n".join(lines) + "\n"

@@ -31,7 +31,7 @@ import cbor2
 import pytest
 
 from edge_agent.status import read_status
-from tests.fleet import NodeProcess, cli, spawn, start_node, write_enrollments
+from tests.fleet import NodeProcess, cli, spawn, start_node, truck_agent_toml, write_enrollments
 from trustfleet.batch import open_reading
 from trustfleet.broker import start_broker
 from trustfleet.payload import GENESIS_PREV
@@ -40,26 +40,6 @@ from trustfleet.procs import free_port, stop_process, wait_for
 pytestmark = pytest.mark.slow
 DEV = "truck-a"
 WINDOW = 200
-
-AGENT_TOML = """[agent]
-device_id = "{dev}"
-fleet = "test"
-data_dir = "{data}"
-broker_port = {port}
-gps_port = "{data}/gps.tty"
-w1_dir = "{data}/w1"
-gps_interval_s = 0.2
-temp_interval_s = 1.0
-resend_after_s = 2.0
-resend_max_s = 4.0
-reconnect_min_s = 0.2
-reconnect_max_s = 1.0
-status_interval_s = 3.0
-window = {window}
-signing = "{signing}"
-batch_max = 16
-batch_delay_s = 0.5
-"""
 
 
 @dataclass
@@ -83,8 +63,8 @@ class Truck:
 
     def start_agent(self, signing: str) -> None:
         config = self.tmp / f"agent-{signing}.toml"
-        config.write_text(AGENT_TOML.format(dev=DEV, data=self.data, port=self.port,
-                                            signing=signing, window=WINDOW))
+        config.write_text(truck_agent_toml(DEV, self.data, self.port, window=WINDOW,
+                                           signing=signing, batch_max=16, batch_delay_s=0.5))
         self.agent = spawn(cli("agent", "run", "--config", str(config), "--rig",
                                str(self.rig_dir), "-v"), self.log)
         self.procs.append(self.agent)

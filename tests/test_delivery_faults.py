@@ -26,30 +26,12 @@ from typing import Any
 import pytest
 
 from edge_agent.status import read_status
-from tests.fleet import NodeProcess, cli, spawn, start_node, write_enrollments
+from tests.fleet import NodeProcess, cli, spawn, start_node, truck_agent_toml, write_enrollments
 from trustfleet.broker import start_broker
 from trustfleet.procs import free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.slow
 DEV = "truck-a"
-
-AGENT_TOML = """[agent]
-device_id = "{dev}"
-fleet = "test"
-data_dir = "{data}"
-broker_port = {port}
-gps_port = "{data}/gps.tty"
-w1_dir = "{data}/w1"
-gps_interval_s = 0.2
-temp_interval_s = 1.0
-resend_after_s = 2.0
-resend_max_s = 4.0
-reconnect_min_s = 0.2
-reconnect_max_s = 1.0
-status_interval_s = 3.0
-max_publish_per_s = 100
-window = 200
-"""
 
 
 @dataclass
@@ -73,7 +55,8 @@ class Truck:
 
     def start_agent(self) -> None:
         config = self.tmp / "agent.toml"
-        config.write_text(AGENT_TOML.format(dev=DEV, data=self.data, port=self.port))
+        config.write_text(truck_agent_toml(DEV, self.data, self.port, max_publish_per_s=100,
+                                            window=200))
         self.agent = spawn(cli("agent", "run", "--config", str(config), "--rig",
                                str(self.rig_dir), "-v"), self.tmp / "agent.log")
         self.procs.append(self.agent)
