@@ -26,10 +26,11 @@ from ledger_node.admin import (
     AdminRejected,
     apply_operator_entry,
     decode_operator_entry,
+    decode_operator_entry_unchecked,
     is_operator_entry,
 )
 from ledger_node.block import ZERO_HASH, BlockHeader
-from ledger_node.errors import LedgerError
+from ledger_node.errors import LedgerError, TamperError
 from ledger_node.merkle import CompactRange, leaf_hash
 from ledger_node.store import BlockRecord, QuarantineRow, ReadingRow, Store
 from ledger_node.subtrees import append_leaves
@@ -49,7 +50,6 @@ from ledger_node.validate import (
     open_envelopes,
     verify_candidates,
 )
-from trustfleet import cbor
 from trustfleet.errors import BAD_PAYLOAD, WireError
 from trustfleet.topics import DeviceTopic, parse_up_topic, split_message
 
@@ -361,7 +361,7 @@ class Chain:
                 op = decode_operator_entry(data, self.ca_cert, time)
                 applied = apply_operator_entry(op, rebuilt, self.ca_cert, height, time)
             except AdminRejected as exc:
-                raise LedgerError(f"committed operator entry in block {height} no longer "
+                raise TamperError(f"block {height}", "committed operator entry no longer "
                                   f"checks: {exc}") from None
             rebuilt[applied.state.dev] = applied.state
         for dev, derived in rebuilt.items():
@@ -374,13 +374,11 @@ class Chain:
 
 
 def _dev_of(entry: bytes) -> str | None:
+    """The device a (possibly invalid) operator entry names, for its quarantine row."""
     try:
-        from trustfleet.cose import decode_sign1
-
-        body = cbor.loads_strict(decode_sign1(entry).payload)
+        dev = decode_operator_entry_unchecked(entry).get("dev")
     except WireError:
         return None
-    dev = body.get("dev") if isinstance(body, dict) else None
     return dev if isinstance(dev, str) else None
 
 
