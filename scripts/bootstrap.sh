@@ -40,8 +40,14 @@ fi
 stamp="$VENV/.trustfleet-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing trustfleet into $VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e '.[dev,llrp]'
+  # pip and the build backend are chatty; keep their output in a log, show it on failure
+  log="$VENV/install.log"
+  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip \
+         && "$VENV/bin/python" -m pip install -q -e '.[dev,llrp]'; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "bootstrap: installing into $VENV failed (log above, also in $log)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 echo "bootstrap: ready ($("$VENV/bin/python" --version), mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}'))"
