@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything TrustFleet needs on a Debian machine, idempotently:
-#   - Debian packages (mosquitto, softhsm2, gpsd, gpsd-clients), installed with apt-get only
+#   - Debian packages (mosquitto, softhsm2, gpsd, gpsd-clients, chromium, victoria-metrics), installed with apt-get only
 #     when missing. gpsd-clients is the package that ships gpsfake (gpsd's log replayer, which
 #     the GPS hardware tests use); its own dependencies (matplotlib, GTK) come with it.
 #   - a .venv with the project, its dev tools and the LLRP extra (sllurp) installed (re-done
@@ -16,6 +16,10 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_pkgs+
 [ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null 2>&1 || need_pkgs+=(softhsm2)
 command -v gpsd >/dev/null 2>&1 || [ -x /usr/sbin/gpsd ] || need_pkgs+=(gpsd)
 command -v gpsfake >/dev/null 2>&1 || [ -x /usr/bin/gpsfake ] || need_pkgs+=(gpsd-clients)
+# Headless Chromium for the dashboard's browser tests (Playwright drives the system browser).
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+# A server that accepts the InfluxDB v2 write API, for the readings mirror's tests.
+command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || need_pkgs+=(victoria-metrics)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
