@@ -119,8 +119,8 @@ def _decode_fast(data: bytes) -> Reading | None:
     except (WireError, cbor2.CBORDecodeError, ValueError, TypeError, IndexError,
             OverflowError, RecursionError):
         return None
-    if not (DEVICE_ID_RE.match(dev) and 1 <= seq <= MAX_SEQ and t < 1 << 53
-            and ts in TIME_SOURCES and KIND_RE.match(k)):
+    if not (DEVICE_ID_RE.fullmatch(dev) and 1 <= seq <= MAX_SEQ and t < 1 << 53
+            and ts in TIME_SOURCES and KIND_RE.fullmatch(k)):
         return None
     return Reading(v=1, dev=dev, seq=seq, prev=data[i + 7:], t=t, ts=ts, k=k, d=d)
 
@@ -176,7 +176,7 @@ def check_reading_map(value: object) -> None:
     if value["v"] != FORMAT_VERSION or not _is_int(value["v"]):
         raise _fail(f"format version {value['v']!r}, expected 1")
     dev = value["dev"]
-    if not isinstance(dev, str) or not DEVICE_ID_RE.match(dev):
+    if not isinstance(dev, str) or not DEVICE_ID_RE.fullmatch(dev):
         raise _fail("dev must be 1-64 characters of [A-Za-z0-9._-]")
     seq = value["seq"]
     if not _is_int(seq) or not 1 <= seq <= MAX_SEQ:
@@ -190,7 +190,7 @@ def check_reading_map(value: object) -> None:
     if value["ts"] not in TIME_SOURCES:
         raise _fail(f"ts must be one of {sorted(TIME_SOURCES)}")
     kind = value["k"]
-    if not isinstance(kind, str) or not KIND_RE.match(kind):
+    if not isinstance(kind, str) or not KIND_RE.fullmatch(kind):
         raise _fail("k must be a lower-case kind name")
     _check_values(value["d"])
 

@@ -37,7 +37,7 @@ class DeviceTopic:
 
 def check_name(name: str, what: str) -> str:
     """Return `name` if it is a valid fleet or device id, else raise ValueError."""
-    if not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ValueError(f"{what} {name!r} must be 1-64 characters of [A-Za-z0-9._-]")
     return name
 
@@ -50,6 +50,11 @@ def receipt_topic(fleet: str, device: str) -> str:
     return f"{PREFIX}/{check_name(fleet, 'fleet')}/{check_name(device, 'device')}/receipt"
 
 
+def events_topic(fleet: str, event: str) -> str:
+    """Where a node publishes contract events that ask for MQTT notification."""
+    return f"{PREFIX}/{check_name(fleet, 'fleet')}/events/{check_name(event, 'event')}"
+
+
 def event_topic(fleet: str, kind: str) -> str:
     return f"{PREFIX}/{check_name(fleet, 'fleet')}/events/{kind}"
 
@@ -59,7 +64,7 @@ def parse_up_topic(topic: str) -> DeviceTopic | None:
     parts = topic.split("/")
     if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX or parts[4] != "up":
         return None
-    if not (_NAME_RE.match(parts[2]) and _NAME_RE.match(parts[3])):
+    if not (_NAME_RE.fullmatch(parts[2]) and _NAME_RE.fullmatch(parts[3])):
         return None
     return DeviceTopic(fleet=parts[2], device=parts[3])
 
