@@ -37,6 +37,7 @@ from edge_agent.clock import AgentClock
 from edge_agent.collectors.base import Sample
 from edge_agent.collectors.errors import CollectorError
 from edge_agent.config import AgentConfig
+from edge_agent.metrics import serve_metrics
 from edge_agent.outbox import Outbox
 from edge_agent.retention import HIGH_WATER, LOW_WATER, is_protected
 from edge_agent.sealer import BatchPolicy
@@ -125,6 +126,7 @@ class EdgeAgent:
 
     def run(self, tick_s: float = 0.1) -> None:
         self.uplink.start()
+        metrics = serve_metrics(self)  # Prometheus /metrics when cfg.metrics_port is set
         mode = (f"batch signing, up to {self.cfg.batch_max} readings or "
                 f"{self.cfg.batch_delay_s:g} s" if self._batching else "per-reading signing")
         log.info("%s: agent started (kid %s, %s), outbox %s", self.cfg.device_id,
@@ -134,6 +136,8 @@ class EdgeAgent:
                 self.turn()
                 self.stop_event.wait(tick_s)
         finally:
+            if metrics is not None:
+                metrics.stop()
             self._store(self._collect())  # keep what was read; it is sent on the next start
             self.uplink.stop()
             for c in self.collectors:

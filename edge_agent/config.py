@@ -47,6 +47,7 @@
     # outbox and self-report
     outbox_max_mb = 128            # disk budget; see edge_agent.retention for the policy
     status_interval_s = 60.0       # a `status` reading this often (0: never)
+    metrics_port = 9101            # Prometheus /metrics on 127.0.0.1 (0 or absent: off)
 
 Errors name the file, the line and the key.
 """
@@ -114,6 +115,8 @@ class AgentConfig:
     batch_delay_s: float = 2.0
     outbox_max_mb: float = 128.0
     status_interval_s: float = 60.0
+    metrics_port: int = 0
+    """Serve Prometheus metrics at http://127.0.0.1:{port}/metrics (edge_agent.metrics); 0: off."""
 
     @property
     def token(self) -> str:
@@ -184,6 +187,9 @@ class AgentConfig:
             raise AgentConfigError("outbox_max_mb must be between 1 and 1000000")
         if self.temp_low_c >= self.temp_high_c:
             raise AgentConfigError("temp_low_c must be below temp_high_c")
+        if not 0 <= self.metrics_port <= 65535:
+            raise AgentConfigError(f"metrics_port {self.metrics_port} is not a port number "
+                                   "(0: no metrics server)")
         if not 0x03 <= self.i2c_address <= 0x77:
             raise AgentConfigError("i2c_address must be a 7-bit address (3..119)")
         if (self.tls_cert is None) != (self.tls_key is None) or (

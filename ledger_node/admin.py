@@ -8,6 +8,17 @@ certificate (x5chain, label 33, one DER certificate) next to `alg` and `kid`:
       {"v": 1, "type": "device_revoked",  "dev": str, "reason": str, "t": ms}
       {"v": 1, "type": "device_rotated",  "dev": str, "cert": new cert DER,
        "replaces": kid of the key it retires, "t": ms}
+    and the business entries, applied by ledger_node.world (shipments: ledger_node.shipments,
+    contracts: docs/contracts.md):
+      {"v": 1, "type": "shipment_created", "shipment": str, "parties": [{"org", "role"}],
+       "units": [SSCC URI], "route": GeoJSON LineString | null, "geofences": {name: Polygon},
+       "deadline": ms | null, "contracts": [name], "t": ms}
+      {"v": 1, "type": "shipment_assigned", "shipment": str, "dev": str, "start": ms,
+       "end": ms | null, "t": ms}
+      {"v": 1, "type": "shipment_state", "shipment": str, "state": str, "t": ms}
+      {"v": 1, "type": "contract_registered" | "contract_upgraded", "name": str,
+       "version": int, "doc": YAML or JSON text, "effective": ms | null, "t": ms}
+      {"v": 1, "type": "contract_retired", "name": str, "t": ms}
 
 `t` is the operator's clock, recorded and never trusted. Everything is checked at the ledger
 time of the block that carries the entry: the operator certificate chains to the fleet CA
@@ -48,6 +59,20 @@ DEVICE_ENROLLED: Final = "device_enrolled"
 DEVICE_REVOKED: Final = "device_revoked"
 DEVICE_ROTATED: Final = "device_rotated"
 ADMIN_TYPES: Final = frozenset({DEVICE_ENROLLED, DEVICE_REVOKED, DEVICE_ROTATED})
+"""Operator entries about devices (applied here, to the device states)."""
+SHIPMENT_CREATED: Final = "shipment_created"
+SHIPMENT_ASSIGNED: Final = "shipment_assigned"
+SHIPMENT_STATE: Final = "shipment_state"
+CONTRACT_REGISTERED: Final = "contract_registered"
+CONTRACT_UPGRADED: Final = "contract_upgraded"
+CONTRACT_RETIRED: Final = "contract_retired"
+BUSINESS_TYPES: Final = frozenset({SHIPMENT_CREATED, SHIPMENT_ASSIGNED, SHIPMENT_STATE,
+                                   CONTRACT_REGISTERED, CONTRACT_UPGRADED, CONTRACT_RETIRED})
+"""Operator entries about shipments and contracts (applied by ledger_node.world)."""
+OPERATOR_TYPES: Final = ADMIN_TYPES | BUSINESS_TYPES
+MAX_CONTRACT_DOC: Final = 32 * 1024
+MAX_OPERATOR_PAYLOAD: Final = 48 * 1024
+"""An operator entry, certificate and signature included, must fit the 64 KiB entry limit."""
 
 NOT_OPERATOR: Final = "not_operator"
 ALREADY_ENROLLED: Final = "already_enrolled"
@@ -58,6 +83,13 @@ _FIELDS: Final = {
     DEVICE_ENROLLED: {"v", "type", "dev", "fleet", "cert", "t"},
     DEVICE_REVOKED: {"v", "type", "dev", "reason", "t"},
     DEVICE_ROTATED: {"v", "type", "dev", "cert", "replaces", "t"},
+    SHIPMENT_CREATED: {"v", "type", "shipment", "parties", "units", "route", "geofences",
+                       "deadline", "contracts", "t"},
+    SHIPMENT_ASSIGNED: {"v", "type", "shipment", "dev", "start", "end", "t"},
+    SHIPMENT_STATE: {"v", "type", "shipment", "state", "t"},
+    CONTRACT_REGISTERED: {"v", "type", "name", "version", "doc", "effective", "t"},
+    CONTRACT_UPGRADED: {"v", "type", "name", "version", "doc", "effective", "t"},
+    CONTRACT_RETIRED: {"v", "type", "name", "t"},
 }
 
 
@@ -111,7 +143,7 @@ def is_operator_entry(data: bytes) -> bool:
 def decode_operator_entry_unchecked(data: bytes) -> dict[str, Any]:
     """The payload of an operator entry WITHOUT any check: for display and bookkeeping."""
     body = cbor.loads_strict(sign1_from_item(cbor.loads_strict(data, max_size=64 * 1024))
-                             .payload, max_size=16 * 1024)
+                             .payload, max_size=MAX_OPERATOR_PAYLOAD)
     if not isinstance(body, dict):
         raise WireError(BAD_PAYLOAD, "operator entry payload is not a map")
     return body
@@ -121,11 +153,11 @@ def operator_entry_type(data: bytes) -> str:
     """The `type` of an operator entry's payload, unchecked ("operator_entry" if unreadable)."""
     try:
         msg = sign1_from_item(cbor.loads_strict(data, max_size=64 * 1024))
-        body = cbor.loads_strict(msg.payload, max_size=16 * 1024)
+        body = cbor.loads_strict(msg.payload, max_size=MAX_OPERATOR_PAYLOAD)
     except WireError:
         return "operator_entry"
     kind = body.get("type") if isinstance(body, dict) else None
-    return kind if kind in ADMIN_TYPES else "operator_entry"
+    return kind if kind in OPERATOR_TYPES else "operator_entry"
 
 
 def decode_operator_entry(data: bytes, ca_cert: bytes | None, at_ms: int) -> OperatorEntry:
@@ -135,7 +167,7 @@ def decode_operator_entry(data: bytes, ca_cert: bytes | None, at_ms: int) -> Ope
     try:
         msg = sign1_from_item(cbor.loads_strict(data, max_size=64 * 1024))
         header = cbor.loads_strict(msg.protected, max_size=8192)
-        body = cbor.loads_strict(msg.payload, max_size=16 * 1024)
+        body = cbor.loads_strict(msg.payload, max_size=MAX_OPERATOR_PAYLOAD)
     except WireError as exc:
         raise AdminRejected(exc.reason, exc.detail) from None
     cert = header.get(HEADER_X5CHAIN) if isinstance(header, dict) else None
@@ -160,8 +192,8 @@ def decode_operator_entry(data: bytes, ca_cert: bytes | None, at_ms: int) -> Ope
 
 
 def _check_body(body: object, msg: Sign1) -> None:
-    if not isinstance(body, dict) or body.get("type") not in ADMIN_TYPES:
-        raise AdminRejected(BAD_PAYLOAD, f"type must be one of {sorted(ADMIN_TYPES)}")
+    if not isinstance(body, dict) or body.get("type") not in OPERATOR_TYPES:
+        raise AdminRejected(BAD_PAYLOAD, f"type must be one of {sorted(OPERATOR_TYPES)}")
     if cbor.dumps(body) != msg.payload:
         raise AdminRejected("non_deterministic_cbor", "payload is not deterministic CBOR")
     want = _FIELDS[body["type"]]
@@ -170,11 +202,20 @@ def _check_body(body: object, msg: Sign1) -> None:
     if body["v"] != 1 or not isinstance(body["t"], int):
         raise AdminRejected(BAD_PAYLOAD, "v must be 1 and t an integer (ms)")
     try:
-        check_name(body["dev"], "dev")
-        if "fleet" in body:
-            check_name(body["fleet"], "fleet")
+        for key in ("dev", "fleet", "shipment", "name"):
+            if key in body:
+                check_name(body[key], key)
     except (ValueError, TypeError) as exc:
         raise AdminRejected(BAD_PAYLOAD, str(exc)) from None
+    if "version" in body and (type(body["version"]) is not int or not 1 <= body["version"]
+                              < 1 << 31):
+        raise AdminRejected(BAD_PAYLOAD, "version must be an integer from 1")
+    if "doc" in body and (not isinstance(body["doc"], str)
+                          or len(body["doc"].encode()) > MAX_CONTRACT_DOC):
+        raise AdminRejected(BAD_PAYLOAD, f"doc must be text of at most {MAX_CONTRACT_DOC} bytes")
+    for key in ("effective", "start", "end", "deadline"):
+        if body.get(key) is not None and (type(body[key]) is not int or body[key] < 0):
+            raise AdminRejected(BAD_PAYLOAD, f"{key} must be null or ms since the epoch")
     for key in ("cert", "replaces"):
         if key in body and not isinstance(body[key], bytes):
             raise AdminRejected(BAD_PAYLOAD, f"{key} must be bytes")

@@ -23,6 +23,7 @@ from hsm.certcheck import load_ca_anchor
 from hsm.errors import CaCertificateInvalid
 from ledger_node import entries as entry_types
 from ledger_node.admin import (
+    ADMIN_TYPES,
     AdminRejected,
     apply_operator_entry,
     decode_operator_entry,
@@ -30,10 +31,13 @@ from ledger_node.admin import (
     is_operator_entry,
 )
 from ledger_node.block import ZERO_HASH, BlockHeader
+from ledger_node.contracts import ContractEvent
 from ledger_node.errors import LedgerError, TamperError
 from ledger_node.merkle import CompactRange, leaf_hash
 from ledger_node.store import BlockRecord, QuarantineRow, ReadingRow, Store
 from ledger_node.subtrees import append_leaves
+from ledger_node.world import AUDIT, CONTRACT_EVENT, World, check_audit_entry, event_entry
+from ledger_node.world_replay import reading_fact, replay_world
 from ledger_node.validate import (
     FLAG_GAP,
     FLAG_PREV_MISMATCH,
@@ -75,6 +79,10 @@ class OrderedBatch:
     proposer: str
     admin: Sequence[bytes] = ()
     messages: Sequence[Message] = ()
+    audit: Sequence[bytes] = ()
+    """Audit entries the node itself appends (ledger_node.world.audit_entry)."""
+    heartbeat: bool = False
+    """Cut a block even if nothing else is in it, so contract timers fire at this time."""
 
 
 @dataclass
@@ -90,6 +98,7 @@ class ApplyResult:
     rejected: dict[str, int] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)
     admin: list[AdminOutcome] = field(default_factory=list)
+    events: list[ContractEvent] = field(default_factory=list)
 
 
 ADMIN_ACCEPTED = "accepted"
@@ -143,6 +152,7 @@ class Chain:
             state.last_hash = store.reading_hash(state.dev, state.last_seq)
         self.ca_cert: bytes | None = None
         self._rebuild_admin_state()
+        self.world: World = replay_world(store, self.ca_cert)
         tip = store.tip()
         if tip is None:
             self.height, self.tip_hash, self.time = -1, ZERO_HASH, 0
@@ -221,8 +231,8 @@ class Chain:
         height = self.height + 1
 
         for entry in batch.admin:
-            done = self._admin(entry, view, height, time, empty_chain=first == 0
-                               and not new_entries)
+            done = self._admin(entry, view, height, time, first + len(new_entries),
+                               empty_chain=first == 0 and not new_entries)
             result.admin.append(done)
             if done.state is not None:
                 devices[done.state.dev] = done.state
@@ -232,6 +242,14 @@ class Chain:
                 quarantine.append(_quarantine(Message("admin", entry, batch.time), entry,
                                               done.reason, done.detail, done.dev))
                 result.rejected[done.reason] = result.rejected.get(done.reason, 0) + 1
+        for entry in batch.audit:
+            try:
+                check_audit_entry(entry_types.decode_admin(entry))
+            except (ValueError, WireError) as exc:
+                log.error("audit entry refused (a node bug): %s", exc)
+                continue
+            self.world.audit(first + len(new_entries), entry)
+            new_entries.append((AUDIT, entry))
 
         # Each envelope is parsed and checked without history (validate.check_opened), its
         # signature checked, then, in batch order, checked against the device's history
@@ -287,7 +305,22 @@ class Chain:
 
         if self.on_decided is not None:
             self.on_decided()
-        if not new_entries:
+        # Contracts see the block's readings in log order, then its ledger time; the events
+        # they emit are appended after everything else (ledger_node.world).
+        events: list[tuple[int, ContractEvent]] = []
+        if new_entries or batch.heartbeat:
+            world = self.world
+            if world.active:
+                for row in readings:
+                    world.reading(reading_fact(row, time))
+            world.tick(time)
+            for event in world.take_events():
+                idx = first + len(new_entries)
+                new_entries.append((CONTRACT_EVENT, event_entry(event)))
+                world.record_event(event, idx, time)
+                events.append((idx, event))
+                result.events.append(event)
+        if not new_entries and not batch.heartbeat:
             if quarantine:
                 self.store.add_quarantine(quarantine)
             return result
@@ -303,7 +336,8 @@ class Chain:
             height=height, hash=block_hash, header=header_bytes, time=time, first=first,
             count=len(new_entries), size=new_range.size, frontier=new_range.to_bytes(),
             sigs=[(self.node_id, signature)], entries=new_entries, readings=readings,
-            devices=list(devices.values()), quarantine=quarantine, nodes=nodes))
+            devices=list(devices.values()), quarantine=quarantine, nodes=nodes,
+            world=self.world.delta(height, events)))
         self.devices.update(devices)
         self.range = new_range
         self.height, self.tip_hash, self.time = height, block_hash, time
@@ -314,7 +348,7 @@ class Chain:
 
 
     def _admin(self, entry: bytes, view: Mapping[str, DeviceState], height: int, time: int,
-               *, empty_chain: bool) -> AdminOutcome:
+               index: int, *, empty_chain: bool) -> AdminOutcome:
         """Check one administrative entry at ledger time `time`; never raises for bad input."""
         entry_hash = hashlib.sha256(entry).digest()
         try:
@@ -339,6 +373,9 @@ class Chain:
                                 "only a genesis entry may be written by a node")
         try:
             op = decode_operator_entry(entry, self.ca_cert, time)
+            if op.type not in ADMIN_TYPES:  # shipments and contracts
+                self.world.operator(op, index, height, time)
+                return AdminOutcome(entry_hash, kind, ADMIN_ACCEPTED)
             applied = apply_operator_entry(op, view, self.ca_cert or b"", height, time)
         except AdminRejected as exc:
             return AdminOutcome(entry_hash, kind, ADMIN_REJECTED, exc.reason, exc.detail,

@@ -15,14 +15,17 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from hsm import Pkcs11Signer, signer_from_settings
 from hsm.errors import HsmError
 from ledger_node import proof_cli, quarantine_cli
 from ledger_node.config import load_config
 from ledger_node.errors import LedgerError, TamperError
+from ledger_node.notify import load_webhooks
 
 EXIT_DAMAGED_STORE = 3
 
@@ -58,6 +61,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--enroll", type=Path, dest="enroll_file",
                      help="JSON file {\"entries\": [base64 operator entries]} to submit at start")
     run.add_argument("--block-interval-ms", type=int, help="longest wait before a block (200)")
+    run.add_argument("--heartbeat-ms", type=int, help="cut an empty block after this long "
+                     "without one, so contract timers fire (10000; 0: never)")
+    run.add_argument("--webhooks", type=Path, dest="webhooks_file",
+                     help="TOML file of [webhooks.NAME] tables: where contract events go "
+                     "(docs/webhooks.md)")
     run.add_argument("-v", "--verbose", action="store_true", help="log every block")
     run.set_defaults(func=_run)
 
@@ -90,28 +98,37 @@ def _run(args: argparse.Namespace) -> int:
                           token_label=args.token_label, enroll_file=args.enroll_file,
                           fleet_ca=args.fleet_ca,
                           block_interval_ms=args.block_interval_ms,
+                          heartbeat_ms=args.heartbeat_ms, webhooks_file=args.webhooks_file,
                           pkcs11_module=os.environ.get("TRUSTFLEET_PKCS11_MODULE"))
+        hooks = load_webhooks(cfg.webhooks_file) if cfg.webhooks_file is not None else {}
         signer = signer_from_settings(cfg.pkcs11_module, cfg.token_label, rig_dir=args.rig,
                                       pin_env="TRUSTFLEET_NODE_PIN",
                                       pin_file_env="TRUSTFLEET_NODE_PIN_FILE")
     except (LedgerError, HsmError) as exc:
         print(f"trustfleet node: {exc}", file=sys.stderr)
         return 2
-    return serve(cfg, signer)
+    return serve(cfg, signer, hooks)
 
 
-def serve(cfg: object, signer: Pkcs11Signer) -> int:
+def serve(cfg: object, signer: Pkcs11Signer, hooks: Mapping[str, Any] | None = None) -> int:
     """Run the node until SIGTERM/SIGINT; returns the exit code."""
     import uvicorn
 
     from ledger_node.api import create_app
     from ledger_node.config import NodeConfig
+    from ledger_node.influx_mirror import InfluxMirror
     from ledger_node.node import LedgerNode
+    from ledger_node.notify import WebhookSender
 
     assert isinstance(cfg, NodeConfig)
+    node: LedgerNode | None = None
     try:
         node = LedgerNode(cfg, signer)
         node.prepare()
+        mirror = InfluxMirror.for_node(cfg)
+        if hooks:
+            node.webhooks = WebhookSender(cfg.db_path, cfg.data_dir / "webhooks.sqlite",
+                                          dict(hooks), cfg.chain, cfg.node_id)
     except TamperError as exc:
         print(f"trustfleet node: refusing to start: the store {cfg.db_path} is damaged: {exc}\n"
               f"trustfleet node: `trustfleet verify --data {cfg.data_dir}` checks all of it",
@@ -120,9 +137,15 @@ def serve(cfg: object, signer: Pkcs11Signer) -> int:
         return EXIT_DAMAGED_STORE
     except LedgerError as exc:
         print(f"trustfleet node: {exc}", file=sys.stderr)
+        if node is not None:
+            node.shutdown()
         signer.close()
         return 2
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg.db_path, node.status, node.submit_admin),
+
+    def status() -> dict[str, Any]:
+        return {**node.status(), **({"influx": mirror.status()} if mirror else {})}
+
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg.db_path, status, node.submit_admin),
                                            host=cfg.api_host, port=cfg.api_port,
                                            log_level="warning", lifespan="off"))
     api_thread = threading.Thread(target=server.run, name="api", daemon=True)
@@ -132,6 +155,10 @@ def serve(cfg: object, signer: Pkcs11Signer) -> int:
     gc.collect()
     gc.freeze()
     node.connect()
+    if mirror is not None:
+        mirror.start()
+    if node.webhooks is not None:
+        node.webhooks.start()
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("received %s: finishing the current block and stopping",
@@ -147,6 +174,10 @@ def serve(cfg: object, signer: Pkcs11Signer) -> int:
     finally:
         server.should_exit = True
         api_thread.join(timeout=5)
+        if node.webhooks is not None:
+            node.webhooks.stop(5)
+        if mirror is not None:
+            mirror.stop()
         node.shutdown()
         signer.close()
     log.info("node %s stopped at height %d", cfg.node_id, node.chain.height)

@@ -7,20 +7,113 @@ line and column. Environment variables are read only by the CLI entry point.
 MQTT over TLS: set tls_ca (fleet CA certificate) and tls_cert + tls_key (the node's TLS
 client certificate, CN = node_id, and its key file). The TLS key is a file, separate from
 the node's signing key in the HSM (docs/tls.md).
+
+Mirroring committed readings to InfluxDB (ledger_node.influx_mirror, docs/metrics.md) is set
+in its own `[influx]` table; without that table it is off:
+
+    [influx]
+    url = "http://127.0.0.1:8086"   # the InfluxDB 2 server (http or https, no credentials)
+    org = "logistics"
+    bucket = "trustfleet"
+    token_file = "/etc/trustfleet/influx.token"   # or token = "..." (not both)
+    batch_size = 5000               # points per write, at most
+    flush_interval_s = 1.0          # longest a committed reading waits to be written
+    max_retry_backoff_s = 30.0      # longest wait between retries while the server is away
+    timeout_s = 10.0                # one write request, at most
+    measurement = "reading"
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ledger_node.errors import ConfigError
 from ledger_node.quarantine import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, QuarantineLimits
-from trustfleet.tomlconfig import TomlConfigError, load_dataclass
+from trustfleet.tomlconfig import TomlConfigError, apply_values, load_dataclass, read_table
 
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+MAX_TOKEN_BYTES = 4096
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class InfluxConfig:
+    """Where and how committed readings are mirrored (the `[influx]` table)."""
+
+    url: str = "http://127.0.0.1:8086"
+    org: str = ""
+    bucket: str = ""
+    token: str = field(default="", repr=False)
+    """The API token itself; prefer token_file, which keeps it out of the config file."""
+    token_file: Path | None = None
+    batch_size: int = 5000
+    flush_interval_s: float = 1.0
+    max_retry_backoff_s: float = 30.0
+    timeout_s: float = 10.0
+    measurement: str = "reading"
+
+    def problem(self) -> tuple[str, str] | None:
+        """The first (key, what is wrong with it), or None if the settings are usable."""
+        try:
+            parts = urlsplit(self.url)
+            port = parts.port
+        except ValueError as exc:
+            return "url", f"url {self.url!r} is not usable: {exc}"
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return "url", f"url {self.url!r} must be http:// or https:// and name a host"
+        if parts.username is not None or parts.password is not None or parts.query \
+                or parts.fragment:
+            return "url", "url must not carry credentials, a query or a fragment " \
+                          "(the token goes in token or token_file)"
+        if port == 0:
+            return "url", "url must not name port 0"
+        for key in ("org", "bucket"):
+            value = getattr(self, key)
+            if not 1 <= len(value) <= 255 or not value.isprintable():
+                return key, f"{key} must be 1 to 255 printable characters"
+        if self.token and self.token_file is not None:
+            return "token", "set token or token_file, not both"
+        if not _NAME_RE.match(self.measurement):
+            return "measurement", "measurement must be a name of [A-Za-z0-9_], at most 64"
+        ranges = (("batch_size", 1, 100_000), ("flush_interval_s", 0.01, 3600.0),
+                  ("max_retry_backoff_s", 0.1, 3600.0), ("timeout_s", 0.1, 600.0))
+        for key, low, high in ranges:
+            if not low <= getattr(self, key) <= high:
+                return key, f"{key} must be between {low:g} and {high:g}"
+        return None
+
+    def validate(self) -> InfluxConfig:
+        found = self.problem()
+        if found is not None:
+            raise ConfigError(f"[influx] {found[1]}")
+        return self
+
+    def read_token(self) -> str:
+        """The token, from `token` or read from `token_file` (surrounding whitespace removed).
+
+        Raises ConfigError naming the file when it cannot be read or holds no usable token."""
+        if self.token_file is None:
+            return self.token
+        try:
+            data = self.token_file.read_bytes()[:MAX_TOKEN_BYTES + 1]
+        except OSError as exc:
+            raise ConfigError(f"[influx] token_file {self.token_file}: cannot read: "
+                              f"{exc.strerror}") from None
+        try:
+            token = data.decode().strip()
+        except UnicodeDecodeError:
+            token = ""
+        if len(data) > MAX_TOKEN_BYTES or not token or not token.isprintable() \
+                or any(c.isspace() for c in token):
+            raise ConfigError(f"[influx] token_file {self.token_file} does not hold one token "
+                              f"(printable, no spaces, at most {MAX_TOKEN_BYTES} bytes)")
+        return token
 
 
 @dataclass(frozen=True)
@@ -41,7 +134,13 @@ class NodeConfig:
     token_label: str = "node-1"
     enroll_file: Path | None = None
     fleet_ca: Path | None = None
+    webhooks_file: Path | None = None
+    """TOML file of `[webhooks.NAME]` tables (ledger_node.notify, docs/webhooks.md); None: no
+    webhooks. The file itself is read and checked by ledger_node.notify.load_webhooks."""
     block_interval_ms: int = 200
+    heartbeat_ms: int = 10_000
+    """With no other block for this long, the node cuts an empty one: ledger time advances and
+    contract timers (deadlines, silent devices) fire in a quiet fleet. 0: never."""
     max_block_entries: int = 10_000
     max_message_bytes: int = 1 << 20
     verify_workers: int | None = None
@@ -57,6 +156,8 @@ class NodeConfig:
     quarantine_max_rows: int = DEFAULT_MAX_ROWS
     quarantine_max_bytes: int = DEFAULT_MAX_BYTES
     """Caps on stored rejected input; older rows are summarised (ledger_node.quarantine)."""
+    influx: InfluxConfig | None = None
+    """Mirror committed readings to InfluxDB (the file's `[influx]` table; None: off)."""
 
     @property
     def db_path(self) -> Path:
@@ -77,8 +178,12 @@ class NodeConfig:
         if (self.tls_cert is None) != (self.tls_key is None) or (
                 self.tls_cert is not None and self.tls_ca is None):
             raise ConfigError("tls_cert and tls_key go together, and need tls_ca")
+        if self.webhooks_file is not None and not self.webhooks_file.is_file():
+            raise ConfigError(f"webhooks_file {self.webhooks_file} is not a file")
         if not 10 <= self.block_interval_ms <= 60_000:
             raise ConfigError("block_interval_ms must be between 10 and 60000")
+        if self.heartbeat_ms != 0 and not 100 <= self.heartbeat_ms <= 3_600_000:
+            raise ConfigError("heartbeat_ms must be 0 (off) or between 100 and 3600000")
         if not 1 <= self.max_block_entries <= 1_000_000:
             raise ConfigError("max_block_entries must be between 1 and 1000000")
         if self.verify_workers is not None and not 0 <= self.verify_workers <= 256:
@@ -91,13 +196,46 @@ class NodeConfig:
         for name in ("quarantine_max_rows", "quarantine_max_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 (summarise everything) or more")
+        if self.influx is not None:
+            self.influx.validate()
         return self
 
 
 def load_config(path: Path | None, **overrides: Any) -> NodeConfig:
-    """Defaults, then the TOML file's [node] table, then non-None overrides."""
+    """Defaults, then the TOML file's [node] table, then non-None overrides; the file's
+    [influx] table, if it has one, turns the InfluxDB mirror on."""
     try:
         cfg = load_dataclass(NodeConfig(), path, "node", overrides)
+        influx = load_influx(path) if path is not None else None
     except TomlConfigError as exc:
         raise ConfigError(str(exc)) from None
-    return cfg.validate()
+    return replace(cfg, influx=influx).validate()
+
+
+def load_influx(path: Path) -> InfluxConfig | None:
+    """The `[influx]` table of a TOML file (None when it has none), checked; errors name the
+    file, the line and the key. Raises ConfigError (or TomlConfigError for syntax and types)."""
+    values, text = read_table(path, "influx")
+    if "influx" not in tomllib.loads(text):
+        return None
+    cfg = apply_values(InfluxConfig(), values, str(path), text)
+    found = cfg.problem()
+    if found is not None:
+        key, message = found
+        line = _line_in_table(text, "influx", key)
+        where = f"{path}, line {line}" if line else str(path)
+        raise ConfigError(f"{where}: [influx] {message}")
+    return cfg
+
+
+def _line_in_table(text: str, table: str, key: str) -> int | None:
+    """The line of `key = ...` inside `[table]` (None when it is not written there)."""
+    header = re.search(rf"^[ \t]*\[[ \t]*{re.escape(table)}[ \t]*\][ \t]*(#.*)?$", text,
+                       re.MULTILINE)
+    if header is None:
+        return None
+    body = text[header.end():]
+    end = re.search(r"^[ \t]*\[", body, re.MULTILINE)
+    body = body[:end.start()] if end else body
+    m = re.search(rf"^[ \t]*{re.escape(key)}[ \t]*=", body, re.MULTILINE)
+    return None if m is None else text.count("\n", 0, header.end() + m.start()) + 1

@@ -8,6 +8,11 @@ checks it at the ledger time of the block that takes it and answers with the out
 Keys and certificates: with `--rig DIR` (a SoftHSM test rig) the operator token `operator`
 and the certificates come from the rig's fleet CA. Otherwise give `--operator-cert FILE`,
 `--operator-token LABEL` and the PIN in TRUSTFLEET_OPERATOR_PIN or TRUSTFLEET_OPERATOR_PIN_FILE.
+
+Submitting needs no API token (an operator entry authenticates itself by its signature);
+reading the device list does (`device list`, and `rotate` asking the node for the current
+key): an operator or auditor API token in --api-token (on `list` also --token), else the
+environment variable TRUSTFLEET_TOKEN.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 from ledger_node.admin import DEVICE_ENROLLED, DEVICE_REVOKED, DEVICE_ROTATED, build_operator_entry
 
 OPERATOR_TOKEN = "operator"
+API_TOKEN_ENV = "TRUSTFLEET_TOKEN"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,6 +65,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rotate.add_argument("--token", help="with --rig: the token holding the new key")
     rotate.add_argument("--replaces", help="kid (hex) of the key it replaces; default: asked "
                         "from --node")
+    rotate.add_argument("--api-token", dest="api_token",
+                        help=f"API token (operator or auditor) to ask --node for the current "
+                             f"key (default: ${API_TOKEN_ENV})")
     rotate.set_defaults(func=_rotate)
 
     submit = dsub.add_parser("submit", help="submit signed entries written with --out")
@@ -69,6 +78,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     lst = dsub.add_parser("list", help="devices enrolled on a node")
     lst.add_argument("--node", required=True)
+    lst.add_argument("--token", "--api-token", dest="api_token",
+                     help=f"API token, operator or auditor (default: ${API_TOKEN_ENV})")
     lst.set_defaults(func=_list)
 
 
@@ -160,10 +171,27 @@ def _post(node: str, entry: bytes, timeout: float) -> int:
     return 0 if status in ("accepted", "duplicate") else 1
 
 
-def _current_kid(node: str, dev: str) -> bytes:
+def _api_token(args: argparse.Namespace) -> str | None:
+    return getattr(args, "api_token", None) or os.environ.get(API_TOKEN_ENV) or None
+
+
+def _get_devices(node: str, token: str | None) -> Any:
+    """GET /v1/devices (needs an operator or auditor API token)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(f"{node.rstrip('/')}/v1/devices", headers=headers)
     try:
-        with urllib.request.urlopen(f"{node.rstrip('/')}/v1/devices", timeout=10) as resp:
-            devices = json.loads(resp.read())
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise OSError(f"HTTP {exc.code}: the node wants an operator or auditor API token "
+                          f"(--api-token, or ${API_TOKEN_ENV})") from None
+        raise
+
+
+def _current_kid(node: str, dev: str, token: str | None = None) -> bytes:
+    try:
+        devices = _get_devices(node, token)
     except (OSError, ValueError) as exc:
         raise _Fail(f"cannot ask {node} for the current key: {exc}; give --replaces") from None
     for d in devices:
@@ -197,7 +225,7 @@ def _rotate(args: argparse.Namespace) -> int:
         if args.replaces:
             replaces = bytes.fromhex(args.replaces)
         elif args.node:
-            replaces = _current_kid(args.node, args.device)
+            replaces = _current_kid(args.node, args.device, _api_token(args))
         else:
             raise _Fail("give --replaces KID when writing to --out")
         return {"type": DEVICE_ROTATED, "dev": args.device,
@@ -219,8 +247,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     try:
-        with urllib.request.urlopen(f"{args.node.rstrip('/')}/v1/devices", timeout=10) as resp:
-            devices = json.loads(resp.read())
+        devices = _get_devices(args.node, _api_token(args))
     except (OSError, ValueError) as exc:
         print(f"trustfleet device list: cannot reach {args.node}: {exc}", file=sys.stderr)
         return 2
@@ -230,3 +257,9 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{d['id']:<20} {d['fleet']:<10} {state:<8} {d['last_seq']:>9} {d['gaps']:>5}  "
               f"{d['kid'][:16]}…")
     return 0
+
+
+# Shared with `trustfleet shipment` and `trustfleet contract` (ledger_node.business_cli).
+Fail = _Fail
+operator_signer = _operator
+post_entry = _post

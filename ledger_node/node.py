@@ -39,15 +39,18 @@ from ledger_node.chain import ApplyResult, Chain, Message
 from ledger_node.config import NodeConfig
 from ledger_node.errors import ConfigError
 from ledger_node.ingest import FairInbox, Taken
+from ledger_node.metrics import BlockStats
 from ledger_node.mqtt_ingest import IngestClient
+from ledger_node.notify import WebhookSender
 from ledger_node.ordering import SoloOrderer, wall_clock_ms
 from ledger_node.quarantine import OVERLOAD
 from ledger_node.store import QuarantineRow, Store
 from ledger_node.tipcheck import check_tip
 from ledger_node.workers import start_verify_pool
+from ledger_node.world import audit_entry
 from trustfleet.broker import broker_url, client_tls_context
 from trustfleet.receipt import Receipt
-from trustfleet.topics import UP_SUBSCRIPTION, receipt_topic
+from trustfleet.topics import UP_SUBSCRIPTION, events_topic, receipt_topic
 
 log = logging.getLogger("trustfleet.node")
 REJECT_LOG_S = 10.0
@@ -144,6 +147,8 @@ class LedgerNode:
         self._rejects: Counter[str] = Counter()
         self._rejects_since = time.monotonic() - REJECT_LOG_S
         self.stats = NodeStats()
+        self.block_stats = BlockStats()
+        self.webhooks: WebhookSender | None = None
         self.stop_event = threading.Event()
         self.connected = threading.Event()
         self.client = IngestClient(CallbackAPIVersion.VERSION2,  # paho, faster receive
@@ -161,6 +166,8 @@ class LedgerNode:
                                   f"tls_key {cfg.tls_key}) are unusable: {exc}") from exc
             self.client.tls_set_context(context)
         self._admin_queue: queue.Queue[tuple[bytes, Future[AdminSubmission]]] = queue.Queue()
+        self._audit_queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._last_block = time.monotonic()
         # Envelopes are opened and their signatures checked in worker processes (the same
         # blocks as without them: ledger_node.validate.open_envelopes).
         self.chain.executor = start_verify_pool(cfg.verify_processes)
@@ -198,6 +205,20 @@ class LedgerNode:
         done: Future[AdminSubmission] = Future()
         self._admin_queue.put((entry, done))  # taken at the next block deadline
         return done
+
+    def record_audit(self, record: dict[str, Any]) -> None:
+        """An API request by a partner or auditor: appended to the ledger with the next block
+        (any thread may call this)."""
+        self._audit_queue.put(audit_entry(record))
+
+    def _take_audit(self) -> list[bytes]:
+        out: list[bytes] = []
+        while len(out) < 1000:
+            try:
+                out.append(self._audit_queue.get_nowait())
+            except queue.Empty:
+                break
+        return out
 
     def _take_admin(self) -> list[tuple[bytes, Future[AdminSubmission]]]:
         taken: list[tuple[bytes, Future[AdminSubmission]]] = []
@@ -298,6 +319,8 @@ class LedgerNode:
             if admin:
                 self._apply_admin(admin, batch.messages)
                 self.inbox.feedback(batch, {})
+            elif self._heartbeat_due() and not batch.messages:
+                self._apply([], [], heartbeat=True)
             elif batch.messages:
                 self.chain.on_decided = cut_ahead
                 try:
@@ -369,8 +392,23 @@ class LedgerNode:
             self.store.add_quarantine_summary(tallies)
             self._log_rejects({OVERLOAD: n})  # summarised unexamined: ingest overload
 
-    def _apply(self, admin: list[bytes], messages: list[Message]) -> ApplyResult:
-        result = self.chain.apply(self.orderer.order(admin, messages))
+    def _heartbeat_due(self) -> bool:
+        """No block for heartbeat_ms (or audit entries waiting): cut one anyway."""
+        beat = self.cfg.heartbeat_ms
+        return (beat > 0 and time.monotonic() - self._last_block >= beat / 1000) \
+            or not self._audit_queue.empty()
+
+    def _apply(self, admin: list[bytes], messages: list[Message], *,
+               heartbeat: bool = False) -> ApplyResult:
+        audit = self._take_audit()
+        started = time.perf_counter()
+        result = self.chain.apply(self.orderer.order(admin, messages, audit,
+                                                     heartbeat=heartbeat or bool(audit)))
+        if result.header is not None:
+            self.block_stats.observe(time.perf_counter() - started, result.header.count)
+            self._last_block = time.monotonic()
+            if result.events:
+                self._notify(result)
         self.stats.accepted += result.accepted
         self.stats.duplicates += result.duplicates
         self.stats.rejected.update(result.rejected)
@@ -382,6 +420,23 @@ class LedgerNode:
         self._log_rejects(result.rejected)
         self._publish_receipts(result.touched)
         return result
+
+    def _notify(self, result: ApplyResult) -> None:
+        """Publish the block's contract events that ask for MQTT (QoS 1, not retained):
+        tf/v1/{fleet}/events/{event}. Webhooks are sent by ledger_node.notify, off this
+        thread."""
+        for event in result.events:
+            log.info("contract %s v%d: %s (shipment %s, device %s, state %s)", event.contract,
+                     event.version, event.event, event.shipment, event.dev, event.state)
+            if "mqtt" not in event.notify:
+                continue
+            state = self.chain.devices.get(event.dev) if event.dev else None
+            fleet = state.fleet if state is not None else self.cfg.chain
+            self.client.publish(events_topic(fleet, event.event),
+                                json.dumps(event.to_map(), sort_keys=True, default=str), qos=1)
+        if self.webhooks is not None and any(n.startswith("webhook:") for e in result.events
+                                             for n in e.notify):
+            self.webhooks.wake()
 
     def _publish_receipts(self, devices: set[str]) -> None:
         header, sig = self.chain.last_header, self.chain.last_signature
@@ -402,6 +457,12 @@ class LedgerNode:
                 "size": self.chain.size, "devices": len(self.chain.devices),
                 "broker_connected": self.connected.is_set(), "queue": self.inbox.qsize(),
                 "queue_suspect": self.inbox.suspect,
+                "verify_workers": self.cfg.verify_processes,
+                "blocks": self.block_stats.snapshot(),
+                "shipments": len(self.chain.world.book.all()),
+                "contracts": sum(1 for r in self.chain.world.contracts.values()
+                                 if r.retired is None and r.superseded is None),
+                **({"webhooks": self.webhooks.status()} if self.webhooks else {}),
                 **self.stats.as_dict()}
 
     def shutdown(self) -> None:

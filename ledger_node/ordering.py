@@ -15,7 +15,8 @@ from ledger_node.chain import Message, OrderedBatch
 
 
 class Orderer(Protocol):
-    def order(self, admin: Sequence[bytes], messages: Sequence[Message]) -> OrderedBatch:
+    def order(self, admin: Sequence[bytes], messages: Sequence[Message],
+              audit: Sequence[bytes] = (), *, heartbeat: bool = False) -> OrderedBatch:
         """Fix the order and ledger time of one batch."""
         ...
 
@@ -33,7 +34,8 @@ class SoloOrderer:
         self.last_time = last_time
         self.clock = clock
 
-    def order(self, admin: Sequence[bytes], messages: Sequence[Message]) -> OrderedBatch:
+    def order(self, admin: Sequence[bytes], messages: Sequence[Message],
+              audit: Sequence[bytes] = (), *, heartbeat: bool = False) -> OrderedBatch:
         self.last_time = max(self.last_time, self.clock())
         return OrderedBatch(time=self.last_time, proposer=self.node_id, admin=tuple(admin),
-                            messages=tuple(messages))
+                            messages=tuple(messages), audit=tuple(audit), heartbeat=heartbeat)

@@ -3,13 +3,15 @@
     trustfleet proof --data DIR --device ID [--from T] [--to T] [--height H] [-o FILE]
     trustfleet verify-bundle BUNDLE.json [--ca FILE] [--node-key FILE] [--device ID]
     trustfleet verify-consistency --old HEAD.json (--new DOC.json | --node URL | both)
-                                  [--node-key FILE] [--save FILE]
+                                  [--node-key FILE] [--save FILE] [--token T]
 
 Times are ms since the Unix epoch or ISO 8601 with a zone (2025-11-21T08:00:00Z). Node keys
 are SubjectPublicKeyInfo, DER or PEM; the fleet CA (--ca) an X.509 certificate, DER or PEM.
 Exit codes: 0 verified / written; 1 the check failed (each failure printed as
 `FAILED [reason] where: detail`) or there is nothing to prove; 2 a file or store could not be
-read, or the node could not be reached.
+read, or the node could not be reached. The consistency endpoint is public; an API token
+(--token, else the environment variable TRUSTFLEET_TOKEN) is sent when there is one, so a
+partner's or auditor's check is on the node's audit log like its other requests.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 import urllib.error
 import urllib.parse
@@ -30,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from ledger_node.errors import LedgerError, StoreError, TamperError
 
 _TIMEOUT_S = 30
+TOKEN_ENV = "TRUSTFLEET_TOKEN"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,6 +81,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     vc.add_argument("--node-key", type=Path, help="node public key (SPKI DER or PEM) you trust")
     vc.add_argument("--save", type=Path, help="write the verified consistency document here "
                     "(use it as --old next time)")
+    vc.add_argument("--token", help=f"API token to send to --node (optional; default: "
+                    f"${TOKEN_ENV})")
     vc.set_defaults(func=_verify_consistency)
 
 
@@ -225,7 +231,8 @@ def _verify_consistency(args: argparse.Namespace) -> int:
                                       "output of GET /v1/chain/consistency")
         if doc_obj is None:
             to = saved_new.header.height if saved_new is not None else None
-            doc_obj = _fetch_consistency(args.node, old.header.height, to)
+            doc_obj = _fetch_consistency(args.node, old.header.height, to,
+                                         args.token or os.environ.get(TOKEN_ENV) or None)
         doc = parse_consistency(doc_obj)
         summary = check_consistency(doc, saved_old=old, saved_new=saved_new, pinned=pinned)
     except CheckFailed as exc:
@@ -244,13 +251,16 @@ class _Unreachable(Exception):
     """The node could not be asked (network, not JSON): not a verdict on the log."""
 
 
-def _fetch_consistency(node: str, from_height: int, to_height: int | None) -> Any:
+def _fetch_consistency(node: str, from_height: int, to_height: int | None,
+                       token: str | None = None) -> Any:
     from ledger_node.heads import CheckFailed, load_json
 
     query = {"from": from_height} | ({} if to_height is None else {"to": to_height})
     url = f"{node.rstrip('/')}/v1/chain/consistency?{urllib.parse.urlencode(query)}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=_TIMEOUT_S) as resp:
             raw = resp.read()
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")[:500]

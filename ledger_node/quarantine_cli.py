@@ -1,13 +1,15 @@
 """`trustfleet quarantine list|show`: what a node rejected, from its store or its API.
 
-    trustfleet quarantine list (--data DIR | --node URL) [--reason R] [--device D]
+    trustfleet quarantine list (--data DIR | --node URL [--token T]) [--reason R] [--device D]
                                [--since T] [--until T] [--limit N] [--cursor C] [--json]
-    trustfleet quarantine show ID (--data DIR | --node URL) [--json]
+    trustfleet quarantine show ID (--data DIR | --node URL [--token T]) [--json]
 
 Times are ms since the Unix epoch or ISO 8601 with a zone. `list` prints a table of stored
 items (newest first), the totals, and the counters of items summarised rather than stored.
 `show` prints every field, the raw bytes as a hex dump and base64, and CBOR diagnostic
-notation when they are CBOR. Exit 0; 1 no such item; 2 store unreadable, node unreachable.
+notation when they are CBOR. Exit 0; 1 no such item; 2 store unreadable, node unreachable
+or refusing the token. With --node, the API token (operator or auditor) is --token, else the
+environment variable TRUSTFLEET_TOKEN.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sqlite3
 import sys
 import urllib.error
@@ -35,6 +38,7 @@ from ledger_node.quarantine_query import (
 from ledger_node.quarantine_view import hexdump
 
 _TIMEOUT_S = 30
+TOKEN_ENV = "TRUSTFLEET_TOKEN"
 
 
 class _Unavailable(Exception):
@@ -71,6 +75,8 @@ def _source(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", type=Path, help="node data folder (holding ledger.sqlite), or "
                    "the sqlite file (read-only; safe while the node runs)")
     g.add_argument("--node", help="node API URL (http://127.0.0.1:8080)")
+    p.add_argument("--token", help=f"API token for --node (operator or auditor; default: "
+                   f"${TOKEN_ENV})")
 
 
 def _time(text: str) -> int:
@@ -98,17 +104,25 @@ def _from_store(data: Path, what: str, **kw: Any) -> Any:
         conn.close()
 
 
-def _from_node(url: str) -> Any:
+def _from_node(url: str, token: str | None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=_TIMEOUT_S) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return None
         detail = exc.read().decode(errors="replace")[:300]
-        raise _Unavailable(f"{url}: HTTP {exc.code}: {detail}") from None
+        hint = (f" (give --token or set {TOKEN_ENV}: an operator or auditor token)"
+                if exc.code in (401, 403) else "")
+        raise _Unavailable(f"{url}: HTTP {exc.code}: {detail}{hint}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise _Unavailable(f"cannot read {url}: {exc}") from None
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get(TOKEN_ENV) or None
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -121,7 +135,7 @@ def _list(args: argparse.Namespace) -> int:
                                        ("limit", args.limit), ("cursor", args.cursor))
                      if v is not None}
             page = _from_node(f"{args.node.rstrip('/')}/v1/quarantine?"
-                              f"{urllib.parse.urlencode(query)}")
+                              f"{urllib.parse.urlencode(query)}", _token(args))
         else:
             page = _from_store(args.data, "list", filter=f, limit=args.limit, before=before)
     except ValueError as exc:
@@ -142,7 +156,7 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     try:
         if args.node:
-            item = _from_node(f"{args.node.rstrip('/')}/v1/quarantine/{args.id}")
+            item = _from_node(f"{args.node.rstrip('/')}/v1/quarantine/{args.id}", _token(args))
         else:
             item = _from_store(args.data, "show", item_id=args.id)
     except _Unavailable as exc:

@@ -20,7 +20,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,30 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE TABLE IF NOT EXISTS quarantine (
   id INTEGER PRIMARY KEY, received INTEGER NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
   topic TEXT NOT NULL, dev TEXT, size INTEGER NOT NULL, sha256 BLOB NOT NULL, raw BLOB NOT NULL);
+-- Shipments, contracts, contract events and the audit log: state derived from the log
+-- (ledger_node.world), written in the transaction of the block that changed it.
+CREATE TABLE IF NOT EXISTS shipments (
+  id TEXT PRIMARY KEY, state TEXT NOT NULL, doc TEXT NOT NULL,
+  created_height INTEGER NOT NULL, updated_height INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS shipment_parties (
+  shipment TEXT NOT NULL, org TEXT NOT NULL, role TEXT NOT NULL,
+  PRIMARY KEY (shipment, org, role)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS shipment_parties_org ON shipment_parties (org);
+CREATE TABLE IF NOT EXISTS shipment_devices (
+  shipment TEXT NOT NULL, dev TEXT NOT NULL, start INTEGER NOT NULL, "end" INTEGER,
+  PRIMARY KEY (shipment, dev, start)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS shipment_devices_dev ON shipment_devices (dev, start);
+CREATE TABLE IF NOT EXISTS events (
+  idx INTEGER PRIMARY KEY, height INTEGER NOT NULL, ledger_time INTEGER NOT NULL,
+  contract TEXT NOT NULL, version INTEGER NOT NULL, event TEXT NOT NULL, shipment TEXT, dev TEXT,
+  at INTEGER NOT NULL, state TEXT, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_shipment ON events (shipment, idx);
+CREATE TABLE IF NOT EXISTS contracts (
+  name TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL, effective INTEGER NOT NULL,
+  retired INTEGER, doc TEXT NOT NULL, entry INTEGER NOT NULL, PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS audit (
+  idx INTEGER PRIMARY KEY, height INTEGER NOT NULL, ledger_time INTEGER NOT NULL,
+  doc TEXT NOT NULL);
 """ + QUARANTINE_SCHEMA
 
 _D_JSON = json.JSONEncoder(sort_keys=True).encode
@@ -108,6 +132,53 @@ class QuarantineRow:
 
 
 @dataclass(frozen=True)
+class EventRow:
+    idx: int
+    contract: str
+    version: int
+    event: str
+    shipment: str | None
+    dev: str | None
+    at: int
+    state: str | None
+    doc: str
+
+
+@dataclass(frozen=True)
+class ShipmentRow:
+    id: str
+    state: str
+    doc: str
+    parties: tuple[tuple[str, str], ...]
+    devices: tuple[tuple[str, int, int | None], ...]
+    created_height: int
+
+
+@dataclass(frozen=True)
+class ContractRow:
+    name: str
+    version: int
+    status: str
+    effective: int
+    retired: int | None
+    doc: str
+    entry: int
+
+
+@dataclass
+class WorldDelta:
+    """What one block changes in the world's tables (written in the block's transaction)."""
+
+    shipments: list[ShipmentRow] = field(default_factory=list)
+    contracts: list[ContractRow] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
+    audit: list[tuple[int, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.shipments or self.contracts or self.events or self.audit)
+
+
+@dataclass(frozen=True)
 class BlockRecord:
     """Everything one block writes, committed in one transaction."""
 
@@ -126,6 +197,8 @@ class BlockRecord:
     quarantine: Sequence[QuarantineRow]
     nodes: Sequence[StoredNode] = ()
     """Perfect subtrees the block's entries complete (ledger_node.subtrees.append_leaves)."""
+    world: WorldDelta | None = None
+    """Shipments, contracts, contract events and audit rows the block changes."""
 
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
@@ -255,6 +328,8 @@ class Store:
                 f"INSERT OR REPLACE INTO devices ({', '.join(_DEVICE_COLUMNS)}) "
                 f"VALUES ({', '.join('?' for _ in _DEVICE_COLUMNS)})",
                 [tuple(getattr(d, col) for col in _DEVICE_COLUMNS) for d in block.devices])
+            if block.world:
+                _write_world(c, block.world, height, time)
             self._insert_quarantine(block.quarantine)
 
     def add_quarantine(self, rows: Iterable[QuarantineRow]) -> None:
@@ -302,3 +377,23 @@ class Store:
             (first, first + count))
         for row in cur:
             yield row[0], row[1], bytes(row[2])
+
+
+def _write_world(c: sqlite3.Connection, w: WorldDelta, height: int, time: int) -> None:
+    """Write one block's world rows (inside the block's transaction)."""
+    c.executemany(
+        "INSERT INTO shipments VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+        "state = excluded.state, doc = excluded.doc, updated_height = excluded.updated_height",
+        [(r.id, r.state, r.doc, r.created_height, height) for r in w.shipments])
+    c.executemany("INSERT OR IGNORE INTO shipment_parties VALUES (?, ?, ?)",
+                  [(r.id, org, role) for r in w.shipments for org, role in r.parties])
+    c.executemany("INSERT OR REPLACE INTO shipment_devices VALUES (?, ?, ?, ?)",
+                  [(r.id, dev, start, end) for r in w.shipments for dev, start, end in r.devices])
+    c.executemany("INSERT OR REPLACE INTO contracts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  [(r.name, r.version, r.status, r.effective, r.retired, r.doc, r.entry)
+                   for r in w.contracts])
+    c.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  [(r.idx, height, time, r.contract, r.version, r.event, r.shipment, r.dev, r.at,
+                    r.state, r.doc) for r in w.events])
+    c.executemany("INSERT INTO audit VALUES (?, ?, ?, ?)",
+                  [(idx, height, time, doc) for idx, doc in w.audit])

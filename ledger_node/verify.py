@@ -11,6 +11,9 @@ that device at that point (enrolment, then rotations), and no reading may follow
 revocation. The first failure stops the walk (what follows a damaged block cannot be trusted)
 and is reported by name.
 
+Shipment and contract entries are checked the same way, and the contract events in the log
+must be exactly those a replay of the log derives (ledger_node.world_replay).
+
 The derived rows (blocks columns, entry kinds, readings, merkle_nodes, devices) are compared
 with a replay of the verified log (ledger_node.verify_index, ledger_node.replay); each damaged
 row is named. The report also counts, per device, the gaps and broken `prev` links the log
@@ -27,7 +30,12 @@ from typing import Any
 
 from hsm import verify_es256
 from ledger_node import entries as entry_types
-from ledger_node.admin import AdminRejected, apply_operator_entry, decode_operator_entry
+from ledger_node.admin import (
+    ADMIN_TYPES,
+    AdminRejected,
+    apply_operator_entry,
+    decode_operator_entry,
+)
 from ledger_node.block import ZERO_HASH, BlockHeader, block_hash, decode_header
 from ledger_node.errors import LedgerError, TamperError
 from ledger_node.merkle import CompactRange, leaf_hash
@@ -36,6 +44,8 @@ from ledger_node.store import open_reader
 from ledger_node.subtrees import append_leaves
 from ledger_node.validate import DeviceState
 from ledger_node.verify_index import IndexCheck
+from ledger_node.world import AUDIT, NODE_ENTRY_TYPES, check_audit_entry
+from ledger_node.world_replay import replay_world_conn
 from trustfleet.batch import open_reading
 from trustfleet.cose import is_low_s
 from trustfleet.errors import WireError
@@ -130,6 +140,7 @@ def _verify(conn: sqlite3.Connection, node_key: bytes | None,
         if progress:
             progress(report.blocks, total)
     if log_ok:
+        _check_world(conn, walk.ca_cert, report)
         index.readings_beyond(tree.size)
         index.merkle_extras(tree.size)
         index.devices(walk.replay.devices)
@@ -220,16 +231,34 @@ def _check_entry(idx: int, data: bytes, header: BlockHeader,
         except ReplayError as exc:
             return str(exc)
     elif data[:1] and 0xA0 <= data[0] <= 0xBF:
-        return f"node-made entry of type {kind!r}: only genesis may be written by a node"
+        if kind not in NODE_ENTRY_TYPES:
+            return f"node-made entry of type {kind!r}: a node writes only genesis, contract " \
+                   "events and audit entries"
+        # Contract events are checked as a whole by replaying the world (_check_world).
+        if kind == AUDIT:
+            try:
+                check_audit_entry(entry_types.decode_admin(data))
+            except ValueError as exc:
+                return f"audit entry: {exc}"
     else:
         try:
             op = decode_operator_entry(data, walk.ca_cert, header.time)
+            if op.type not in ADMIN_TYPES:
+                return kind, None  # shipments and contracts: checked by _check_world
             applied = apply_operator_entry(op, walk.admin, walk.ca_cert or b"", header.height,
                                            header.time)
         except AdminRejected as exc:
             return f"operator entry does not check at block time: {exc}"
         walk.admitted(applied.state)
     return kind, None
+
+
+def _check_world(conn: sqlite3.Connection, ca_cert: bytes | None, report: VerifyReport) -> None:
+    """Replay shipments and contracts from the log: every contract event must follow."""
+    try:
+        replay_world_conn(conn, ca_cert)
+    except TamperError as exc:
+        report.problems.append(exc)
 
 
 def _fail(report: VerifyReport, where: str, detail: str) -> bool:

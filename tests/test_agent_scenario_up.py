@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.fleet import cli, http_json
+from tests.fleet import cli, http_json_auth, operator_token
 from trustfleet.procs import free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -39,9 +39,10 @@ def test_a_scenario_trip_puts_scans_and_door_openings_on_the_ledger(tmp_path: Pa
     try:
         wait_for(lambda: (data / "ports.json").exists(), 30, "ports.json", proc=proc)  # type: ignore[arg-type]
         api = f"http://127.0.0.1:{json.loads((data / 'ports.json').read_text())['api']}"
+        token = operator_token(data / "node-1")
 
         def trip_recorded() -> bool:
-            page = http_json(api + "/v1/devices/truck-1/readings?limit=1000")
+            page = http_json_auth(api + "/v1/devices/truck-1/readings?limit=1000", token)
             readings[:] = page["readings"]
             kinds = [r["kind"] for r in readings]
             doors = [r["values"]["open"] for r in readings if r["kind"] == "door"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from firmware_shims.w1_sysfs import W1SysfsShim
-from tests.fleet import NodeProcess, cli, spawn
+from tests.fleet import NodeProcess, cli, operator_token, spawn
 from trustfleet.procs import free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def test_enrol_revoke_and_rotate_through_the_operator_cli(tmp_path: Path, broker
                      "--token", "node-1", "--fleet-ca", str(rig_dir / "ca.pem"),
                      "--broker-port", str(port), "--api-port", str(api),
                      "--block-interval-ms", "100"), log)
-    node = NodeProcess(proc, tmp_path / "node", api, log)
+    node = NodeProcess(proc, tmp_path / "node", api, log, operator_token(tmp_path / "node"))
     agents: list[subprocess.Popen[bytes]] = []
     try:
         wait_for(lambda: node.get("/v1/node/status")["broker_connected"], 60, "node",
@@ -69,7 +69,8 @@ def test_enrol_revoke_and_rotate_through_the_operator_cli(tmp_path: Path, broker
         again = run("device", "enroll", "--rig", str(rig_dir), "--device", "dev-x", "--fleet",
                     "test", "--node", url)
         assert again.returncode == 0 and "duplicate" in again.stdout, again.stdout
-        listing = run("device", "list", "--node", url)
+        token = str(node.token)
+        listing = run("device", "list", "--node", url, "--token", token)
         assert "dev-x" in listing.stdout and "active" in listing.stdout
 
         old = agent(tmp_path, "dev-x", "dev-x", rig_dir, port)
@@ -86,7 +87,7 @@ def test_enrol_revoke_and_rotate_through_the_operator_cli(tmp_path: Path, broker
         stop_process(old)
         shutil.copytree(tmp_path / "dev-x", tmp_path / "dev-x-clone")  # a thief's copy
         out = run("device", "rotate", "--rig", str(rig_dir), "--device", "dev-x", "--token",
-                  "dev-x-r2", "--node", url)
+                  "dev-x-r2", "--node", url, "--api-token", token)
         assert out.returncode == 0 and "accepted" in out.stdout, out.stdout + out.stderr
         before = _seq(node, "dev-x")
         agents.append(agent(tmp_path, "dev-x", "dev-x-r2", rig_dir, port))
@@ -105,11 +106,11 @@ def test_enrol_revoke_and_rotate_through_the_operator_cli(tmp_path: Path, broker
         assert out.returncode == 0 and "accepted" in out.stdout, out.stdout + out.stderr
         wait_for(lambda: node.get("/v1/quarantine?reason=revoked_device")["items"], 60,
                  "readings after revocation refused", proc=proc, log_file=log)
-        assert "revoked" in run("device", "list", "--node", url).stdout
+        assert "revoked" in run("device", "list", "--node", url, "--token", token).stdout
 
         # A rejected operator entry: rotating a revoked device.
         refused = run("device", "rotate", "--rig", str(rig_dir), "--device", "dev-x",
-                      "--token", "dev-x", "--node", url)
+                      "--token", "dev-x", "--node", url, "--api-token", token)
         assert refused.returncode == 1 and "revoked_device" in refused.stdout, refused.stdout
     finally:
         for a in agents:

@@ -15,7 +15,14 @@ from hsm import SoftwareSigner
 from ledger_node.bench_flood import FLEET, VICTIM, _attack_pool
 from ledger_node.bench_rig import client
 from tests.chainkit import Device
-from tests.fleet import NodeProcess, ca_path_for, cli, spawn, write_enrollments
+from tests.fleet import (
+    NodeProcess,
+    ca_path_for,
+    cli,
+    operator_token,
+    spawn,
+    write_enrollments,
+)
 from trustfleet.procs import free_port, wait_for
 from trustfleet.topics import up_topic
 
@@ -36,7 +43,7 @@ def start_node_with(config: str, data: Path, rig_dir: Path, broker_port: int,
                      "--fleet-ca", str(ca_path_for(enroll)), "--broker-port",
                      str(broker_port), "--api-port", str(api_port), "--block-interval-ms",
                      "100"), log)
-    node = NodeProcess(proc, data, api_port, log)
+    node = NodeProcess(proc, data, api_port, log, operator_token(data))
     wait_for(lambda: node.get("/v1/node/status")["broker_connected"], 60, "ledger node",
              proc=proc, log_file=log)
     return node
@@ -97,7 +104,8 @@ def test_a_flood_is_stored_or_counted_and_valid_readings_all_commit_contiguously
         assert sum(q["counts"].values()) + q["summarised"] == FLOOD  # what the store says
         assert q["stored"]["rows"] <= 300 and q["summarised"] > 0
         assert sum(s["count"] for s in q["summary"]) == q["summarised"]
-        listed = subprocess.run(cli("quarantine", "list", "--node", node.api, "--limit", "5"),
+        listed = subprocess.run(cli("quarantine", "list", "--node", node.api, "--limit", "5",
+                                    "--token", str(node.token)),
                                 capture_output=True, text=True, timeout=60, check=False)
         assert listed.returncode == 0, listed.stderr
         assert f"summarised, not stored: {q['summarised']:,}" in listed.stdout

@@ -23,6 +23,7 @@ from ledger_node.heads import check_consistency, parse_consistency, read_head_fi
 from ledger_node.merkle import leaf_hash
 from ledger_node.store import Store
 from tests.chainkit import ChainUnderTest, Device
+from tests.fleet import operator_token
 
 
 def build(db: Path) -> ChainUnderTest:
@@ -50,9 +51,13 @@ def ca_cert(chain: ChainUnderTest) -> bytes:
     return chain.pki.ca_cert
 
 
+def bearer(folder: Path) -> dict[str, str]:
+    return {"Authorization": f"Bearer {operator_token(folder)}"}
+
+
 @pytest.fixture
 def client(db: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(db)) as c:
+    with TestClient(create_app(db), headers=bearer(db.parent)) as c:
         yield c
 
 
@@ -175,7 +180,7 @@ def test_a_tampered_store_answers_503_and_says_why(client: TestClient, db: Path)
 
 def test_an_empty_chain_answers_404(tmp_path: Path) -> None:
     Store(tmp_path / "empty.sqlite").close()
-    with TestClient(create_app(tmp_path / "empty.sqlite")) as c:
+    with TestClient(create_app(tmp_path / "empty.sqlite"), headers=bearer(tmp_path)) as c:
         assert c.get("/v1/entries/0").status_code == 404
         got = c.get("/v1/chain/consistency?from=0")
         assert got.status_code == 404 and "no blocks yet" in got.json()["detail"]

@@ -19,6 +19,7 @@ from ledger_node.api import create_app
 from ledger_node.chain import Message
 from ledger_node.quarantine import QuarantineLimits
 from tests.chainkit import ChainUnderTest, Device
+from tests.fleet import operator_token
 from trustfleet import cbor
 
 T = 1_763_700_000_000  # 2025-11-21T04:40:00Z
@@ -44,7 +45,8 @@ def tc(tmp_path: Path) -> Iterator[ChainUnderTest]:
 
 @pytest.fixture
 def client(tc: ChainUnderTest) -> TestClient:
-    return TestClient(create_app(tc.store.path))
+    token = operator_token(tc.store.path.parent)
+    return TestClient(create_app(tc.store.path), headers={"Authorization": f"Bearer {token}"})
 
 
 def ids(page: dict[str, Any]) -> list[int]:

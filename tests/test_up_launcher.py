@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleet import cli, http_json
+from tests.fleet import cli, http_json, http_json_auth, operator_token
 from trustfleet.procs import free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -28,9 +28,10 @@ def test_up_runs_a_fleet_stops_on_sigterm_and_resumes_the_same_chain(tmp_path: P
     try:
         wait_for(lambda: (data / "ports.json").exists(), 30, "ports.json", proc=proc)  # type: ignore[arg-type]
         api = f"http://127.0.0.1:{json.loads((data / 'ports.json').read_text())['api']}"
+        token = operator_token(data / "node-1")
 
         def trucks_committed() -> bool:
-            devices = http_json(api + "/v1/devices")
+            devices = http_json_auth(api + "/v1/devices", token)
             return len(devices) == 2 and all(d["contiguous_seq"] >= 5 for d in devices)
 
         wait_for(trucks_committed, 120, "readings from both trucks", proc=proc,  # type: ignore[arg-type]

@@ -4,6 +4,8 @@
     trustfleet node run       a ledger node          trustfleet verify   check a node's store
     trustfleet agent run      an edge agent          trustfleet hsm ...  SoftHSM rigs, tokens
     trustfleet device ...     enrol, revoke, rotate devices (operator-signed ledger entries)
+    trustfleet shipment ...   create shipments, assign devices, move state (operator-signed)
+    trustfleet contract ...   register, upgrade, retire contracts; dry-run one on a scenario
     trustfleet proof, verify-bundle, verify-consistency   proofs anyone can check offline
     trustfleet quarantine ... what the ledger refused, and why
     trustfleet shim truck     emulated truck hardware (GPS pty, 1-wire tree, RFID, door)
@@ -22,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_agent import cli as agent_cli
     from firmware_shims import truck as shim_cli
     from hsm import cli as hsm_cli
+    from ledger_node import business_cli, device_cli
     from ledger_node import cli as node_cli
-    from ledger_node import device_cli
     from trustfleet import launcher
 
     parser = argparse.ArgumentParser(
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     launcher.register(sub)
     node_cli.register(sub)
     device_cli.register(sub)
+    business_cli.register(sub)
     agent_cli.register(sub)
     hsm_cli.register(sub)
     shim_cli.register(sub)

@@ -11,6 +11,9 @@ Starts and supervises, all under one data folder (default ./var):
                  RFID reader pty and a door GPIO line playing the trip) and an edge agent;
                  trucks/NAME/tls/ its TLS client certificate and key, agent.toml their paths
   logs/          one log file per process
+  tokens/        API tokens (operator, auditor, two partners), made once, mode 0600
+On the first run it also submits demo contracts and one shipment per truck as operator
+entries (trustfleet.demo_business).
 TLS keys are files (mode 0600), separate from the signing keys in the tokens: Python's ssl
 module cannot use a PKCS#11 key (hsm.tlsfiles, docs/tls.md).
 Ports are remembered in ports.json and reused when free. Ctrl-C or SIGTERM stops everything
@@ -93,6 +96,8 @@ class Fleet:
     broker_tls: BrokerTls | None = None
     tls_files: dict[str, TlsFiles] = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
+    tokens: dict[str, str] = field(default_factory=dict)
+    """API tokens by name (trustfleet.demo_business)."""
 
     @property
     def api(self) -> str:
@@ -198,8 +203,9 @@ def _enrols(path: Path, trucks: list[str]) -> bool:
     return set(trucks) <= devs
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=2) as resp:
+def _get(url: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2) as resp:
         return json.loads(resp.read())
 
 
@@ -231,6 +237,13 @@ def start_fleet(fleet: Fleet) -> None:
     fleet.children.append(node)
     wait_for(lambda: bool(_get(f"{fleet.api}/healthz")), 60, "ledger node API", proc=node.proc,
              log_file=node.log)
+    from trustfleet.demo_business import ensure_tokens, submit_demo_business
+
+    fleet.tokens = ensure_tokens(data, data / NODE_ID / "ledger.sqlite")
+    taken = submit_demo_business(data, fleet.api, names, OPERATOR)
+    if taken:
+        print(f"trustfleet: demo shipments SHP-1..SHP-{len(names)} with cold-chain, shock and "
+              f"device-silent contracts ({taken} operator entries on the ledger)", flush=True)
     for i, name in enumerate(names, start=1):
         truck_dir = data / "trucks" / name
         scenario = ["--scenario", str(fleet.scenario)] if fleet.scenario else []
@@ -294,7 +307,7 @@ def supervise(fleet: Fleet) -> None:
 
 def status_line(fleet: Fleet) -> str:
     try:
-        st = _get(f"{fleet.api}/v1/node/status")
+        st = _get(f"{fleet.api}/v1/node/status", fleet.tokens.get("operator"))
     except (OSError, ValueError):
         return "node API not answering"
     rejected = sum(st.get("rejected", {}).values())
@@ -338,6 +351,9 @@ def run_up(args: argparse.Namespace) -> int:
           flush=True)
     print(f"trustfleet: MQTT broker {fleet.mqtt_url}   data {data}   logs {data / 'logs'}",
           flush=True)
+    if fleet.tokens:
+        print(f"trustfleet: dashboard login (operator token): {fleet.tokens['operator']}\n"
+              f"trustfleet: partner and auditor tokens are in {data / 'tokens'}", flush=True)
     print("trustfleet: running; Ctrl-C or SIGTERM stops everything and keeps the data",
           flush=True)
     started = time.monotonic()
