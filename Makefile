@@ -14,12 +14,14 @@ demo: setup ## a live fleet on the embedded defaults: broker, SoftHSM rig, one l
 test: setup ## every test that can run here, with real Mosquitto, SoftHSM2 and SQLite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: setup ## throughput and latency through the real broker into a real node (per-reading and batch-signed), device HSM signing, latency under a flood, history at 1M entries
+bench: setup ## throughput and latency through the real broker into a real node (per-reading and batch-signed), device HSM signing, latency under a flood, contracts' cost, history at 1M entries
 	$(PY) -m ledger_node.bench $(BENCH_ARGS)
 	$(PY) -m ledger_node.bench --batch 64 $(BENCH_ARGS)
 	$(PY) -m edge_agent.bench $(AGENT_BENCH_ARGS)
 	$(PY) -m edge_agent.bench_signing $(SIGNING_BENCH_ARGS)
 	$(PY) -m ledger_node.bench_flood $(FLOOD_BENCH_ARGS)
+	$(PY) -m ledger_node.bench_contracts $(CONTRACTS_BENCH_ARGS)
+	$(PY) -m ledger_node.contracts.bench
 	$(PY) -m ledger_node.bench_history --entries 1000000 --devices 100 --queries 200
 
 bench-history: setup ## one device's day of history in a 10-million-entry chain (a few minutes)

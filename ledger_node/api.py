@@ -131,9 +131,9 @@ def _query_names(dependant: Dependant) -> set[str]:
 
 
 def reject_unknown_query(request: Request) -> None:
-    """422 for a query parameter the endpoint does not take (a typo must not be ignored)."""
+    """422 for a query parameter a /v1 endpoint does not take (a typo must not be ignored)."""
     route = request.scope.get("route")
-    if not isinstance(route, APIRoute):
+    if not isinstance(route, APIRoute) or not route.path.startswith("/v1/"):
         return
     allowed = _query_names(route.dependant) | ({"access_token"} if route.path == STREAM_PATH
                                                else set())
