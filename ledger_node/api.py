@@ -36,7 +36,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from ledger_node import proofs, shipments_api
+from ledger_node import ops_api, proofs, shipments_api
 from ledger_node.auth import (
     STREAM_PATH,
     AuditRecord,
@@ -418,6 +418,7 @@ def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None
                             status_code=200 if outcome.status != "rejected" else 422)
 
     app.include_router(create_router(db_path, book, lambda: node_id(status), poll_s=poll_s))
+    app.include_router(ops_api.create_router(db_path, status))
     _mount_dashboard(app)
 
     @app.get("/", include_in_schema=False, response_model=None)

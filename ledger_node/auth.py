@@ -336,9 +336,12 @@ def _query_token(scope: Scope) -> str | None:
 
 
 def redact_query(query: str) -> str:
-    """The query string without the value of `access_token` (audit records go on the log)."""
-    parts = [("access_token=REDACTED" if p.split("=", 1)[0] == "access_token" else p)
-             for p in query.split("&")]
+    """The query string without the value of `access_token`, however its name is encoded
+    (audit records go on the log)."""
+    from urllib.parse import unquote_plus
+
+    parts = [("access_token=REDACTED" if unquote_plus(p.split("=", 1)[0]) == "access_token"
+              else p) for p in query.split("&")]
     return "&".join(parts)
 
 

@@ -12,6 +12,11 @@ Version 2 (certificates):
      "entries":      [{"index": leaf index, "data": base64 entry bytes,
                        "proof": [base64 hash, ...]}]}          (increasing index)
 
+On a consortium chain (docs/consortium.md) the head is, by default, the newest **final** block,
+and its ``signatures`` are its quorum certificate (more than two thirds of the node set, each
+checked here); ``certificates.nodes`` holds the node set's certificates from the genesis
+entry, so that a verifier that pins the fleet CA knows every node key.
+
 ``entries`` holds the genesis entry (index 0: it names the fleet CA and the node key), the
 operator entries of every device whose readings are included (enrolment, rotations,
 revocation: its whole history up to the head) and the entries asked for, each with its
@@ -40,7 +45,8 @@ from trustfleet.batch import open_reading
 from trustfleet.errors import WireError
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MAX_BUNDLE_ENTRIES", "BlockProof", "Subject",
-           "build_bundle", "bundle_document", "bundle_for_device", "bundle_for_entry"]
+           "build_bundle", "bundle_document", "bundle_for_device", "bundle_for_entry",
+           "default_head"]
 
 BUNDLE_FORMAT: Final = "trustfleet-proof-bundle"
 BUNDLE_VERSION: Final = 2
@@ -93,7 +99,7 @@ def build_bundle(conn: sqlite3.Connection, indices: Iterable[int], *,
     the newest block), plus the genesis entry and the operator history of every device whose
     reading or operator entry is included."""
     if not isinstance(head, SignedHead):
-        head = proofs.signed_head(conn, head)
+        head = proofs.signed_head(conn, head if head is not None else default_head(conn))
     genesis = proofs.genesis(conn)
     if genesis.ca is None:
         raise BadProofRequest("this chain's genesis entry names no fleet CA: there are no "
@@ -131,7 +137,7 @@ def build_bundle(conn: sqlite3.Connection, indices: Iterable[int], *,
         p = proofs.consistency(conn, height, head.height)
         blocks.append(BlockProof(p.old.header_bytes, p.old.signatures, p.hashes))
     return bundle_document(subject, (head.header_bytes, head.signatures), genesis.ca, items,
-                           blocks=blocks)
+                           blocks=blocks, node_certs=_node_certs(genesis.entry.data))
 
 
 def bundle_for_device(conn: sqlite3.Connection, device: str, t_from: int | None = None,
@@ -139,7 +145,7 @@ def bundle_for_device(conn: sqlite3.Connection, device: str, t_from: int | None 
                       limit: int = MAX_BUNDLE_ENTRIES) -> dict[str, Any]:
     """A bundle of ``device``'s readings with device time in [t_from, t_to) (either bound
     open when None), committed in blocks up to ``height`` (the newest when None)."""
-    head = proofs.signed_head(conn, height)
+    head = proofs.signed_head(conn, height if height is not None else default_head(conn))
     if not proofs.device_history(conn, device, size=head.header.size):
         raise NotInLog(f"no device {device!r} is enrolled (as of block {head.height})")
     sql = "SELECT idx FROM readings WHERE dev = ? AND height <= ?"
@@ -170,6 +176,35 @@ def bundle_for_entry(conn: sqlite3.Connection, index: int,
     e = proofs.entry(conn, index)
     device = _reading_device(e) if e.kind == entry_types.KIND_READING else None
     return build_bundle(conn, [index], head=height, subject=Subject(device))
+
+
+def default_head(conn: sqlite3.Connection) -> int | None:
+    """The height a bundle is proven against by default: the newest block on a solo chain
+    (None), the newest final block on a consortium chain (BadProofRequest if none is)."""
+    from ledger_node.consortium.cstore import final_height, node_set_of
+
+    ns = node_set_of(conn)
+    if ns is None or ns.size == 1:
+        return None
+    height = final_height(conn, ns)
+    if height is None:
+        raise BadProofRequest("no block of this consortium chain holds a quorum certificate "
+                              "yet: there is no final head to prove against")
+    return height
+
+
+def _node_certs(genesis_data: bytes) -> list[tuple[str, bytes]]:
+    """The node set's certificates a consortium genesis entry names (none on a solo chain)."""
+    from ledger_node.quorum import GENESIS_NODES
+
+    try:
+        listed = entry_types.decode_admin(genesis_data).get(GENESIS_NODES)
+    except (ValueError, WireError):
+        return []
+    if not isinstance(listed, list):
+        return []
+    return [(str(n["node"]), bytes(n["cert"])) for n in listed
+            if isinstance(n, dict) and isinstance(n.get("cert"), bytes)]
 
 
 def _bound(t: int | None) -> str:

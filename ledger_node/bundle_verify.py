@@ -25,6 +25,14 @@ fails (the doc's "Verifying a bundle, step by step" is the specification):
      is inside the bundle's subject (device, device-time range).
 Structural failures (1.) stop the check; the others are all collected, so one run explains
 everything that is wrong.
+
+A consortium chain's genesis entry names its node set (ledger_node.quorum). Then steps 3 and 4
+require a **quorum certificate** instead of the proposer's signature: more than two thirds of
+the node set must have signed the head (and each block) with the keys of their node
+certificates, which must chain to the bundle's fleet CA (role node, CN = the node id, checked
+at the genesis entry's time); every signature in the document must be by a node of the set
+and verify (`no_quorum`, `bad_node_signature`, `no_node_key`, `bad_node_set`). A solo chain's
+node set is its genesis node, quorum 1: as before.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from ledger_node.admin import (
     decode_operator_entry,
 )
 from ledger_node.bundle import BUNDLE_FORMAT, BUNDLE_VERSION
+from ledger_node.consortium.errors import QuorumError
 from ledger_node.errors import ProofError, RootMismatchError
 from ledger_node.heads import (
     HASH_SIZE,
@@ -65,6 +74,7 @@ from ledger_node.heads import (
     want,
 )
 from ledger_node.merkle import leaf_hash, verify_consistency, verify_inclusion
+from ledger_node.quorum import GENESIS_NODES, NodeSet, check_qc, node_set_from_genesis
 from ledger_node.validate import BAD_SIGNATURE, REVOKED_DEVICE, UNKNOWN_DEVICE, DeviceState
 from trustfleet import cbor
 from trustfleet.batch import open_reading
@@ -183,6 +193,8 @@ class _Verifier:
         self.pinned_key = pinned_key
         self.pinned_ca = pinned_ca
         self.problems = report.problems
+        self.node_set: NodeSet | None = None
+        """A consortium chain's node set (None: a solo chain)."""
 
     def fail(self, reason: str, where: str, detail: str) -> None:
         self.problems.append(CheckFailed(reason, where, detail))
@@ -227,6 +239,7 @@ class _Verifier:
                 inclusion.append(exc)
         genesis, against = self._genesis(entries, head, ca)
         keys = self._node_keys(genesis, node_certs, ca, head)
+        self.node_set = self._consortium(genesis)
         self._head(head, keys)
         self.problems.extend(against)  # what the genesis says against the (checked) head
         spans = self._blocks(blocks, head, keys)
@@ -352,9 +365,40 @@ class _Verifier:
             report.key_source = "the node key the genesis entry names (NOT pinned)"
         return keys
 
+    def _consortium(self, genesis: Mapping[str, Any] | None) -> NodeSet | None:
+        """The node set a consortium genesis entry names (None for a solo chain, or when the
+        set does not check: that failure is recorded)."""
+        if genesis is None or GENESIS_NODES not in genesis:
+            return None
+        at = genesis.get("time")
+        try:
+            ns = node_set_from_genesis(genesis, at if isinstance(at, int) else 0)
+        except QuorumError as exc:
+            reason = exc.reason if exc.reason.startswith("node_") else "bad_node_set"
+            self.fail(reason, "entries[0] (index 0)", f"the genesis entry's node set: "
+                      f"{exc.detail}")
+            return None
+        report = self.report
+        report.node_certified = True
+        report.key_source = (f"the quorum certificate of the genesis entry's node set "
+                             f"({ns.quorum} of {ns.size}: {', '.join(sorted(ns.keys))}), "
+                             f"whose certificates the fleet CA issued")
+        return ns
+
+    def _signed(self, head: Head, keys: Mapping[str, bytes], where: str) -> str:
+        """Who signed a head: the proposer (solo chain) or a quorum (consortium chain)."""
+        if self.node_set is None:
+            return check_head_signatures(head, keys, self.pinned_key, where)
+        try:
+            qc = check_qc(self.node_set, head.header_bytes, head.signatures, strict=True)
+        except QuorumError as exc:
+            raise CheckFailed(exc.reason, where, f"block {head.header.height}: "
+                              f"{exc.detail}") from None
+        return f"{', '.join(qc.signers)} (a quorum of {qc.quorum} of {self.node_set.size})"
+
     def _head(self, head: Head, keys: Mapping[str, bytes]) -> None:
         try:
-            self.report.signed_by = check_head_signatures(head, keys, self.pinned_key, "head")
+            self.report.signed_by = self._signed(head, keys, "head")
         except CheckFailed as exc:
             self.problems.append(exc)
 
@@ -372,7 +416,7 @@ class _Verifier:
                     raise CheckFailed("wrong_head", b.where, f"block {bh.height} (tree size "
                                       f"{bh.size}) is not older than the head, block "
                                       f"{h.height} (tree size {h.size})")
-                check_head_signatures(b.head, keys, self.pinned_key, b.where)
+                self._signed(b.head, keys, b.where)
                 try:
                     verify_consistency(bh.size, h.size, b.consistency, bh.root, h.root)
                 except RootMismatchError as exc:

@@ -311,20 +311,22 @@ def _shipment_read(args: argparse.Namespace) -> int:
 
 def _contract_read(args: argparse.Namespace) -> int:
     try:
+        if args.contract_command == "show":
+            found = _get(args, f"/v1/contracts/{urllib.parse.quote(args.id, safe='')}")
+            if args.json:
+                print(json.dumps(found, indent=2))
+                return 0
+            for r in found["versions"]:
+                print(f"# {r['name']} v{r['version']}: {r['status']}, effective {r['effective']}"
+                      f"{'' if r['until'] is None else ', until ' + str(r['until'])}, "
+                      f"entry {r['entry']}")
+                print(r["doc"].rstrip())
+            return 0
         items = _get(args, "/v1/contracts")
     except Fail as exc:
         print(f"trustfleet contract: {exc}", file=sys.stderr)
         return 2
-    rows = items.get("items", items) if isinstance(items, dict) else items
-    if args.contract_command == "show":
-        rows = [r for r in rows if r.get("name") == args.id]
-        if not rows:
-            print(f"trustfleet contract: no contract {args.id!r} on {args.node}", file=sys.stderr)
-            return 1
-        for r in rows:
-            print(f"# {r['name']} v{r['version']} ({r['status']}, effective {r['effective']})")
-            print(r.get("doc", ""))
-        return 0
+    rows = items["items"]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -31,13 +31,12 @@ from ledger_node.admin import (
     is_operator_entry,
 )
 from ledger_node.block import ZERO_HASH, BlockHeader
+from ledger_node.consortium.errors import DivergenceError, QuorumError
 from ledger_node.contracts import ContractEvent
 from ledger_node.errors import LedgerError, TamperError
 from ledger_node.merkle import CompactRange, leaf_hash
 from ledger_node.store import BlockRecord, QuarantineRow, ReadingRow, Store
 from ledger_node.subtrees import append_leaves
-from ledger_node.world import AUDIT, CONTRACT_EVENT, World, check_audit_entry, event_entry
-from ledger_node.world_replay import reading_fact, replay_world
 from ledger_node.validate import (
     FLAG_GAP,
     FLAG_PREV_MISMATCH,
@@ -54,6 +53,8 @@ from ledger_node.validate import (
     open_envelopes,
     verify_candidates,
 )
+from ledger_node.world import AUDIT, CONTRACT_EVENT, World, check_audit_entry, event_entry
+from ledger_node.world_replay import reading_fact, replay_world
 from trustfleet.errors import BAD_PAYLOAD, WireError
 from trustfleet.topics import DeviceTopic, parse_up_topic, split_message
 
@@ -207,8 +208,13 @@ class Chain:
                 work.append((data, hint))
         return _Opening(messages, slots, hints, open_envelopes(work, self.executor))
 
-    def apply(self, batch: OrderedBatch) -> ApplyResult:
-        """Apply one ordered batch; commit a block if it produced any entry."""
+    def apply(self, batch: OrderedBatch, *, expect: bytes | None = None) -> ApplyResult:
+        """Apply one ordered batch; commit a block if it produced any entry.
+
+        `expect`: the hash the block must have (a block fetched from peers, re-applied to
+        check it: ledger_node.block_sync). If the block computed differs, DivergenceError is
+        raised before it is signed or written; the in-memory world may then be ahead of the
+        store, so the chain must not be used further (a node stops)."""
         time = max(batch.time, self.time)
         pending: dict[tuple[str, int], bytes] = {}
         devices: dict[str, DeviceState] = {}
@@ -331,6 +337,9 @@ class Chain:
                              root=new_range.root(), proposer=batch.proposer)
         header_bytes = header.encode()
         block_hash = hashlib.sha256(header_bytes).digest()
+        if expect is not None and block_hash != expect:
+            raise DivergenceError(height, block_hash, expect, "re-applying the block's entries "
+                                  "gives another header")
         signature = self.signer.sign(header_bytes)
         self.store.commit_block(BlockRecord(
             height=height, hash=block_hash, header=header_bytes, time=time, first=first,
@@ -366,6 +375,9 @@ class Chain:
                 except (CaCertificateInvalid, TypeError) as exc:
                     return AdminOutcome(entry_hash, kind, ADMIN_REJECTED, "bad_fleet_ca",
                                         f"genesis names an unusable fleet CA: {exc}")
+            problem = _node_set_problem(entry_types.decode_admin(entry), time)
+            if problem:
+                return AdminOutcome(entry_hash, kind, ADMIN_REJECTED, "bad_node_set", problem)
             self.ca_cert = ca
             return AdminOutcome(entry_hash, kind, ADMIN_ACCEPTED)
         if entry[:1] and 0xA0 <= entry[0] <= 0xBF:
@@ -408,6 +420,20 @@ class Chain:
                 state.cert_not_after = derived.cert_not_after
                 state.retired_kids = derived.retired_kids
                 state.revoked_time = derived.revoked_time
+
+
+def _node_set_problem(genesis: Mapping[str, object], time: int) -> str:
+    """Why a consortium genesis entry's node set is unusable ("" if it is, or if the entry
+    names none: a solo chain). See ledger_node.quorum."""
+    if "nodes" not in genesis:
+        return ""
+    from ledger_node.quorum import node_set_from_genesis
+
+    try:
+        node_set_from_genesis(genesis, time)
+    except QuorumError as exc:
+        return str(exc)
+    return ""
 
 
 def _dev_of(entry: bytes) -> str | None:

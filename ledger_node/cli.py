@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     node_sub = node.add_subparsers(dest="node_command", required=True)
     run = node_sub.add_parser(
         "run", help="ingest readings from MQTT, commit signed blocks, serve the API",
-        description="Run one ledger node with solo ordering until SIGTERM or Ctrl-C. At start "
+        description="Run one ledger node until SIGTERM or Ctrl-C: solo ordering, or one node "
+                    "of a consortium with `ordering = \"etcd\"` in the config file "
+                    "(docs/consortium.md). At start "
                     "it checks its tip (last block's hash, prev link, signature, root against "
                     "the stored frontier and subtree table). Exit 2 on a configuration error, "
                     "3 if the store is damaged.")
@@ -145,8 +147,12 @@ def serve(cfg: object, signer: Pkcs11Signer, hooks: Mapping[str, Any] | None = N
     def status() -> dict[str, Any]:
         return {**node.status(), **({"influx": mirror.status()} if mirror else {})}
 
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg.db_path, status, node.submit_admin),
-                                           host=cfg.api_host, port=cfg.api_port,
+    app = create_app(cfg.db_path, status, node.submit_admin, audit=node.record_audit)
+    if node.consortium is not None:  # block sync, quorum certificates, evidence
+        from ledger_node.consortium_api import create_router as consortium_router
+
+        app.include_router(consortium_router(cfg.db_path, status))
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.api_host, port=cfg.api_port,
                                            log_level="warning", lifespan="off"))
     api_thread = threading.Thread(target=server.run, name="api", daemon=True)
     api_thread.start()

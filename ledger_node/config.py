@@ -158,6 +158,27 @@ class NodeConfig:
     """Caps on stored rejected input; older rows are summarised (ledger_node.quarantine)."""
     influx: InfluxConfig | None = None
     """Mirror committed readings to InfluxDB (the file's `[influx]` table; None: off)."""
+    ordering: str = "solo"
+    """"solo": this node orders its own blocks; "etcd": one node of a consortium whose
+    batches an etcd cluster orders (docs/consortium.md). The settings below are for "etcd"."""
+    etcd_endpoints: str = ""
+    """etcd client URLs, comma-separated ("http://10.0.0.1:2379,http://10.0.0.2:2379")."""
+    etcd_prefix: str = "/trustfleet"
+    """Key prefix of the consortium's chains in etcd (keys: PREFIX/CHAIN/...)."""
+    etcd_max_batch_bytes: int = 1_000_000
+    """Largest proposal put in etcd (below etcd's --max-request-bytes)."""
+    etcd_retain_revisions: int = 200_000
+    """etcd history kept for a node that is behind or down; older history is compacted even
+    if a node has not applied it (that node then catches up from its peers)."""
+    node_set_file: Path | None = None
+    """JSON {"nodes": [{"node": id, "cert": base64 DER}]}: the consortium's node certificates
+    (role node, from the fleet CA), named by a new chain's genesis entry and checked against
+    it when catching up."""
+    peers_file: Path | None = None
+    """JSON {"peers": [{"node": id, "url": API base URL, "token": API token}]}: where to
+    catch up from (block sync) when etcd's history no longer reaches back far enough."""
+    max_clock_skew_ms: int = 30_000
+    """A batch stamped further than this from this node's clock is applied but not signed."""
 
     @property
     def db_path(self) -> Path:
@@ -167,6 +188,10 @@ class NodeConfig:
     def verify_processes(self) -> int:
         """How many verification worker processes the node runs (verify_workers resolved)."""
         return (os.cpu_count() or 1) if self.verify_workers is None else self.verify_workers
+
+    @property
+    def etcd_endpoint_list(self) -> list[str]:
+        return [e.strip() for e in self.etcd_endpoints.split(",") if e.strip()]
 
     @property
     def quarantine_limits(self) -> QuarantineLimits:
@@ -198,7 +223,37 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be 0 (summarise everything) or more")
         if self.influx is not None:
             self.influx.validate()
+        self._validate_ordering()
         return self
+
+    def _validate_ordering(self) -> None:
+        if self.ordering not in ("solo", "etcd"):
+            raise ConfigError(f"ordering must be \"solo\" or \"etcd\", not {self.ordering!r}")
+        if self.ordering != "etcd":
+            return
+        if not self.etcd_endpoint_list:
+            raise ConfigError("ordering = \"etcd\" needs etcd_endpoints (client URLs)")
+        for url in self.etcd_endpoint_list:
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018 - raises ValueError for a bad port
+            except ValueError as exc:
+                raise ConfigError(f"etcd_endpoints: {url!r}: {exc}") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path \
+                    not in ("", "/") or parts.username or parts.query:
+                raise ConfigError(f"etcd_endpoints: {url!r} must be http(s)://host:port")
+        if not self.etcd_prefix.startswith("/") or len(self.etcd_prefix) > 128 \
+                or not self.etcd_prefix.isprintable():
+            raise ConfigError("etcd_prefix must start with / (at most 128 printable characters)")
+        if not 64 * 1024 <= self.etcd_max_batch_bytes <= 64 * 1024 * 1024:
+            raise ConfigError("etcd_max_batch_bytes must be between 65536 and 67108864")
+        if self.etcd_retain_revisions < 1000:
+            raise ConfigError("etcd_retain_revisions must be at least 1000")
+        if not 100 <= self.max_clock_skew_ms <= 3_600_000:
+            raise ConfigError("max_clock_skew_ms must be between 100 and 3600000")
+        if self.node_set_file is None:
+            raise ConfigError("ordering = \"etcd\" needs node_set_file (the consortium's "
+                              "node certificates)")
 
 
 def load_config(path: Path | None, **overrides: Any) -> NodeConfig:

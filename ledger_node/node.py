@@ -10,6 +10,11 @@ counted in the quarantine summary); a device learns it is committed only from a 
 resends what is not receipted, so a crash loses nothing.
 
 At start the node checks its tip (ledger_node.tipcheck) and refuses to run on a damaged store.
+
+With `ordering = "etcd"` (a consortium: docs/consortium.md) the run loop proposes its batches
+to etcd instead of applying them, and the consortium's applier thread
+(ledger_node.consortium.driver) becomes the apply thread: it applies every node's batches in
+etcd's order and sends receipts once their block is final.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -37,6 +42,7 @@ from hsm import Signer
 from ledger_node import entries
 from ledger_node.chain import ApplyResult, Chain, Message
 from ledger_node.config import NodeConfig
+from ledger_node.consortium.cstore import ConsortiumStore
 from ledger_node.errors import ConfigError
 from ledger_node.ingest import FairInbox, Taken
 from ledger_node.metrics import BlockStats
@@ -51,6 +57,9 @@ from ledger_node.world import audit_entry
 from trustfleet.broker import broker_url, client_tls_context
 from trustfleet.receipt import Receipt
 from trustfleet.topics import UP_SUBSCRIPTION, events_topic, receipt_topic
+
+if TYPE_CHECKING:
+    from ledger_node.consortium.driver import Consortium
 
 log = logging.getLogger("trustfleet.node")
 REJECT_LOG_S = 10.0
@@ -129,13 +138,15 @@ class LedgerNode:
     def __init__(self, cfg: NodeConfig, signer: Signer) -> None:
         self.cfg = cfg
         self.signer = signer
-        self.store = Store(cfg.db_path, quarantine=cfg.quarantine_limits)
+        store_type = ConsortiumStore if cfg.ordering == "etcd" else Store
+        self.store = store_type(cfg.db_path, quarantine=cfg.quarantine_limits)
         try:
             check_tip(self.store.conn, cfg.node_id, signer.public_key_der())
             self.chain = Chain(self.store, cfg.chain, cfg.node_id, signer)
         except BaseException:
             self.store.close()
             raise
+        self.consortium: Consortium | None = None
         self.orderer = SoloOrderer(cfg.node_id, last_time=self.chain.time)
         self.inbox = FairInbox(self._enrolled, good_max=cfg.ingest_queue,
                                suspect_max=cfg.ingest_suspect_queue,
@@ -171,10 +182,21 @@ class LedgerNode:
         # Envelopes are opened and their signatures checked in worker processes (the same
         # blocks as without them: ledger_node.validate.open_envelopes).
         self.chain.executor = start_verify_pool(cfg.verify_processes)
+        if cfg.ordering == "etcd":
+            from ledger_node.consortium.driver import Consortium
+
+            try:
+                self.consortium = Consortium(self)
+            except BaseException:
+                self.shutdown()
+                raise
 
     # -- start-up -------------------------------------------------------------------------
     def prepare(self) -> None:
         """Write genesis on a new chain; submit the enrolment file's operator entries."""
+        if self.consortium is not None:
+            self._prepare_consortium()
+            return
         admin: list[bytes] = []
         if self.chain.height < 0:
             if self.cfg.fleet_ca is None:
@@ -199,6 +221,36 @@ class LedgerNode:
                     log.info("%s: %s", done.kind, done.dev)
             if self.chain.height < 0:
                 raise ConfigError("the genesis block was refused; see the log above")
+
+    def _prepare_consortium(self) -> None:
+        """Propose genesis if nothing was ever proposed on this chain; follow etcd from the
+        applied revision (catching up from peers if etcd compacted past it); once genesis is
+        applied, propose the enrolment file's entries."""
+        from ledger_node.consortium.files import read_node_set
+        from ledger_node.quorum import consortium_genesis
+
+        assert self.consortium is not None and self.cfg.node_set_file is not None
+        node_set = read_node_set(self.cfg.node_set_file)
+        if self.chain.height < 0 and self.consortium.log_is_empty():
+            if self.cfg.fleet_ca is None:
+                raise ConfigError("a new chain needs the fleet CA certificate: set fleet_ca "
+                                  "(--fleet-ca FILE); its genesis entry names it for good")
+            log.info("new consortium chain %r: proposing genesis (node set: %s)",
+                     self.cfg.chain, ", ".join(n for n, _ in node_set))
+            self.consortium.propose([consortium_genesis(
+                self.cfg.chain, self.cfg.node_id, self.signer.public_key_der(), wall_clock_ms(),
+                read_fleet_ca(self.cfg.fleet_ca), node_set)], [])
+        self.consortium.start()
+        deadline = time.monotonic() + 120
+        while self.chain.height < 0 and not self.stop_event.is_set():
+            if time.monotonic() > deadline:
+                raise ConfigError("no genesis block after 120 s: is etcd reachable, and did a "
+                                  "node of this consortium propose it?")
+            time.sleep(0.05)
+        log.info("following consortium chain %r from etcd revision %d (height %d)",
+                 self.cfg.chain, self.consortium.applied_revision, self.chain.height)
+        if self.cfg.enroll_file is not None:
+            self.consortium.propose(read_enrollments(self.cfg.enroll_file), [])
 
     def submit_admin(self, entry: bytes) -> Future[AdminSubmission]:
         """Queue an operator entry for the next block; the future says what became of it."""
@@ -321,6 +373,8 @@ class LedgerNode:
                 self.inbox.feedback(batch, {})
             elif self._heartbeat_due() and not batch.messages:
                 self._apply([], [], heartbeat=True)
+            elif batch.messages and self.consortium is not None:
+                self._apply_messages(batch)  # proposed; the consortium's applier applies
             elif batch.messages:
                 self.chain.on_decided = cut_ahead
                 try:
@@ -339,6 +393,10 @@ class LedgerNode:
 
     def _apply_admin(self, admin: list[tuple[bytes, Future[AdminSubmission]]],
                      messages: list[Message]) -> None:
+        if self.consortium is not None:  # answered when the batch is applied
+            self.consortium.propose([entry for entry, _ in admin], messages,
+                                    self._take_audit(), futures=[done for _, done in admin])
+            return
         try:
             result = self._apply([entry for entry, _ in admin], messages)
         except Exception as exc:  # never leave an operator waiting on a dead future
@@ -389,21 +447,41 @@ class LedgerNode:
         if tallies:
             n = sum(t.count for t in tallies)
             self.stats.shed += n
-            self.store.add_quarantine_summary(tallies)
+            if self.consortium is not None:  # the store is the applier thread's
+                self.consortium.defer(lambda: self.store.add_quarantine_summary(tallies))
+            else:
+                self.store.add_quarantine_summary(tallies)
             self._log_rejects({OVERLOAD: n})  # summarised unexamined: ingest overload
 
     def _heartbeat_due(self) -> bool:
         """No block for heartbeat_ms (or audit entries waiting): cut one anyway."""
         beat = self.cfg.heartbeat_ms
+        if self.consortium is not None and beat > 0:
+            # One node's heartbeat is every node's block: stagger them, so that usually one
+            # node proposes it (the others see its block and wait again).
+            ns = self.consortium.node_set
+            rank = sorted(ns.keys).index(self.cfg.node_id) if ns and self.cfg.node_id in \
+                ns.keys else 0
+            beat = int(beat * (1 + rank / 4))
         return (beat > 0 and time.monotonic() - self._last_block >= beat / 1000) \
             or not self._audit_queue.empty()
 
     def _apply(self, admin: list[bytes], messages: list[Message], *,
                heartbeat: bool = False) -> ApplyResult:
         audit = self._take_audit()
+        if self.consortium is not None:
+            self.consortium.propose(admin, messages, audit, heartbeat=heartbeat or bool(audit))
+            return ApplyResult(None, None, None, None)
         started = time.perf_counter()
         result = self.chain.apply(self.orderer.order(admin, messages, audit,
                                                      heartbeat=heartbeat or bool(audit)))
+        self._account(result, started)
+        self._publish_receipts(result.touched)
+        return result
+
+    def _account(self, result: ApplyResult, started: float) -> None:
+        """Counters, logs and contract-event notifications of one applied batch (on the
+        apply thread, whichever ordering)."""
         if result.header is not None:
             self.block_stats.observe(time.perf_counter() - started, result.header.count)
             self._last_block = time.monotonic()
@@ -418,8 +496,6 @@ class LedgerNode:
                       result.header.height, result.header.count, result.accepted,
                       result.duplicates, result.rejected or "none")
         self._log_rejects(result.rejected)
-        self._publish_receipts(result.touched)
-        return result
 
     def _notify(self, result: ApplyResult) -> None:
         """Publish the block's contract events that ask for MQTT (QoS 1, not retained):
@@ -463,10 +539,13 @@ class LedgerNode:
                 "contracts": sum(1 for r in self.chain.world.contracts.values()
                                  if r.retired is None and r.superseded is None),
                 **({"webhooks": self.webhooks.status()} if self.webhooks else {}),
+                **({"consortium": self.consortium.status()} if self.consortium else {}),
                 **self.stats.as_dict()}
 
     def shutdown(self) -> None:
         self.stop_event.set()
+        if self.consortium is not None:
+            self.consortium.stop()
         self.inbox.close()
         self.client.disconnect()
         self.client.loop_stop()

@@ -37,8 +37,10 @@ from ledger_node.admin import (
     decode_operator_entry,
 )
 from ledger_node.block import ZERO_HASH, BlockHeader, block_hash, decode_header
+from ledger_node.consortium.errors import QuorumError
 from ledger_node.errors import LedgerError, TamperError
 from ledger_node.merkle import CompactRange, leaf_hash
+from ledger_node.quorum import block_signatures_problem, genesis_keys
 from ledger_node.replay import LogReplay, ReplayedDevice, ReplayError
 from ledger_node.store import open_reader
 from ledger_node.subtrees import append_leaves
@@ -182,13 +184,12 @@ def _block(conn: sqlite3.Connection, header: BlockHeader, header_bytes: bytes,
     if after.size != header.size or after.root() != header.root:
         return where, ("Merkle root recomputed from the stored entries does not match the "
                        "header (an entry was changed, added or removed)")
-    key = walk.node_key or walk.proposer_keys.get(header.proposer)
-    if key is None:
-        return where, f"no key known for proposer {header.proposer!r}"
-    sig = conn.execute("SELECT sig FROM block_sigs WHERE height = ? AND node = ?",
-                       (height, header.proposer)).fetchone()
-    if sig is None or not verify_es256(key, header_bytes, bytes(sig[0])):
-        return where, f"signature of node {header.proposer!r} does not verify"
+    sigs = [(r[0], bytes(r[1])) for r in conn.execute(
+        "SELECT node, sig FROM block_sigs WHERE height = ?", (height,))]
+    problem = block_signatures_problem(header_bytes, header.proposer, sigs,
+                                       walk.proposer_keys, walk.node_key)
+    if problem is not None:  # a consortium chain: every node of its set (ledger_node.quorum)
+        return where, problem
     index.readings(header.first, header.count, expected_rows)
     index.merkle_nodes(nodes)
     return after
@@ -205,7 +206,10 @@ def _check_entry(idx: int, data: bytes, header: BlockHeader,
         rec = entry_types.decode_admin(data)
         if header.height != 0 or idx != 0:
             return "genesis entry other than entry 0 of block 0"
-        walk.proposer_keys[rec["node"]] = walk.node_key or rec["node_key"]
+        try:
+            walk.proposer_keys.update(genesis_keys(rec, header.time, walk.node_key))
+        except QuorumError as exc:
+            return f"genesis entry: {exc}"
         walk.ca_cert = rec.get("ca")
     elif kind == entry_types.KIND_READING:
         try:

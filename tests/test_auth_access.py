@@ -55,8 +55,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         yield Api(url, store, tokens, records)
 
 
-PUBLIC = ["/healthz", "/v1/chain/head", "/v1/blocks/0", "/v1/chain/consistency?from=0",
-          "/openapi.json", "/docs", "/"]
+PUBLIC = ["/healthz", "/healthz?probe=1", "/v1/chain/head", "/v1/blocks/0",
+          "/v1/chain/consistency?from=0", "/openapi.json", "/docs", "/", "/static/api.js"]
 PROTECTED = ["/v1/whoami", "/v1/shipments", "/v1/shipments/SHP-ACME",
              "/v1/shipments/SHP-ACME/history", "/v1/shipments/SHP-ACME/proof", "/v1/events",
              "/v1/entries/4", "/v1/entries/4/proof", "/v1/devices",

@@ -146,6 +146,8 @@ def test_bearer_header_parsing_and_query_redaction() -> None:
     assert parse_bearer("bearer   tf_abc  ") == "tf_abc"
     assert parse_bearer("Basic dXNlcjpwYXNz") == ""
     assert redact_query("a=1&access_token=tf_secret&b=2") == "a=1&access_token=REDACTED&b=2"
+    assert redact_query("access%5Ftoken=tf_s&access_token=tf_t") == \
+        "access_token=REDACTED&access_token=REDACTED"
     assert redact_query("") == ""
 
 

@@ -6,6 +6,7 @@
     trustfleet device ...     enrol, revoke, rotate devices (operator-signed ledger entries)
     trustfleet shipment ...   create shipments, assign devices, move state (operator-signed)
     trustfleet contract ...   register, upgrade, retire contracts; dry-run one on a scenario
+    trustfleet token ...      API tokens: operator, partner (one organisation), auditor
     trustfleet proof, verify-bundle, verify-consistency   proofs anyone can check offline
     trustfleet quarantine ... what the ledger refused, and why
     trustfleet shim truck     emulated truck hardware (GPS pty, 1-wire tree, RFID, door)
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_agent import cli as agent_cli
     from firmware_shims import truck as shim_cli
     from hsm import cli as hsm_cli
-    from ledger_node import business_cli, device_cli
+    from ledger_node import business_cli, device_cli, token_cli
     from ledger_node import cli as node_cli
     from trustfleet import launcher
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     node_cli.register(sub)
     device_cli.register(sub)
     business_cli.register(sub)
+    token_cli.add_token_parser(sub)
     agent_cli.register(sub)
     hsm_cli.register(sub)
     shim_cli.register(sub)
