@@ -44,6 +44,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.retention import is_protected
 from edge_agent.status import read_status
 from hsm import SoftHsmRig
+from ledger_node.auth import local_token
 from ledger_node.softpki import software_enrolment
 from trustfleet.broker import start_broker
 from trustfleet.procs import free_port, stop_process
@@ -215,14 +216,16 @@ def _start_node(tmp: Path, rig: SoftHsmRig, port: int) -> tuple[subprocess.Popen
         tmp / "pki", {dev: rig.public_key_der(dev) for dev in (LIVE, BACKLOG)}, FLEET)
     api = free_port()
     log = tmp / "node.log"
+    token = local_token(tmp / "node", prefix="bench")
     node = _spawn(_cli("node", "run", "--data", str(tmp / "node"), "--rig", str(rig.directory),
                        "--token", NODE, "--enroll", str(enroll), "--fleet-ca", str(ca_path),
                        "--broker-port", str(port),
                        "--api-port", str(api)), log)
 
     def up() -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/node/status",
-                                    timeout=2) as resp:
+        req = urllib.request.Request(f"http://127.0.0.1:{api}/v1/node/status",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=2) as resp:
             return bool(json.loads(resp.read())["broker_connected"])
 
     _wait(up, 60, "ledger node", node, log)

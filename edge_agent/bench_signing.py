@@ -41,6 +41,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.paced import ATECC608_SIGN_S
 from hsm import SoftHsmRig, SoftwareSigner, open_signer
 from hsm.signer import Signer
+from ledger_node.auth import local_token
 from ledger_node.softpki import software_enrolment
 from trustfleet.broker import start_broker
 from trustfleet.procs import free_port, stop_process
@@ -119,14 +120,15 @@ def backlog_trend(run: dict[str, Any]) -> float:
     return slope
 
 
-def _wait_node(api: int, node: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_node(api: int, node: subprocess.Popen[bytes], log: Path, token: str) -> None:
     import urllib.request
 
     deadline = time.monotonic() + 60
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/node/status",
-                                        timeout=2) as resp:
+            req = urllib.request.Request(f"http://127.0.0.1:{api}/v1/node/status",
+                                         headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(req, timeout=2) as resp:
                 if json.loads(resp.read())["broker_connected"]:
                     return
         except OSError:
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                          str(port), "--api-port", str(api)], stdout=out, stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL)
                 procs.append(node)
-                _wait_node(api, node, log)
+                _wait_node(api, node, log, local_token(tmp / "node", prefix="bench"))
                 runs["per-reading"] = paced(tmp, rig, port, DEVICES[1], "per-reading", args)
                 runs["batch"] = paced(tmp, rig, port, DEVICES[2], "batch", args)
             finally:

@@ -466,3 +466,10 @@ def require_stream(request: Request,
                    _q: Annotated[str | None, Depends(_QUERY)]) -> Principal:
     """Any principal, by header or by `?access_token=` (the event stream only)."""
     return authenticated(request)
+
+
+def local_token(data_dir: Path, kind: str = OPERATOR, prefix: str = "local") -> str:
+    """A new token of `kind` for the node whose data folder is `data_dir`, made by a process
+    on the node's machine (benchmarks, `trustfleet up`): the node need not be running."""
+    name = f"{prefix}-{secrets.token_hex(4)}"
+    return TokenBook(data_dir / TOKENS_FILE).create(name, kind, now_ms=wall_clock_ms())

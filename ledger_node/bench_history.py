@@ -126,8 +126,10 @@ def time_api(path: Path, days: list[tuple[str, int]]) -> list[float] | None:
     except ImportError:  # httpx (a dev extra) is not installed
         return None
     from ledger_node.api import create_app
+    from ledger_node.auth import local_token
 
-    client = TestClient(create_app(path))
+    client = TestClient(create_app(path), headers={
+        "Authorization": f"Bearer {local_token(path.parent, prefix='bench')}"})
     client.get("/healthz")  # start the app's worker thread before timing
     gc.collect()
     gc.freeze()  # as `trustfleet node run` does once it has started (ledger_node.cli.serve)

@@ -31,6 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hsm import SoftHsmRig, SoftwareSigner
+from ledger_node.auth import local_token
 from ledger_node.softpki import software_enrolment
 from trustfleet.broker import start_broker
 from trustfleet.cose import sign1
@@ -49,10 +50,13 @@ class RunningNode:
     log: Path
     proc: subprocess.Popen[bytes]
     broker: subprocess.Popen[bytes]
+    token: str
+    """An operator API token for this node (ledger_node.auth.local_token)."""
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}{path}",
-                                    timeout=10) as resp:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}",
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 
 
@@ -72,7 +76,8 @@ def running_node(tmp: Path, keys: dict[str, bytes], fleet: str,
              "--fleet-ca", str(ca_path), "--broker-port", str(mqtt_port),
              "--api-port", str(api_port), *extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    node = RunningNode(mqtt_port, api_port, tmp / "node", log_path, proc, broker)
+    node = RunningNode(mqtt_port, api_port, tmp / "node", log_path, proc, broker,
+                       local_token(tmp / "node", prefix="bench"))
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -50,6 +50,7 @@ from hsm.errors import CERT_REASONS, CaCertificateInvalid, CertificateRejected
 from ledger_node import entries as entry_types
 from ledger_node.admin import (
     ADMIN_TYPES,
+    BUSINESS_TYPES,
     DEVICE_ENROLLED,
     DEVICE_REVOKED,
     DEVICE_ROTATED,
@@ -76,6 +77,7 @@ from ledger_node.heads import (
 from ledger_node.merkle import leaf_hash, verify_consistency, verify_inclusion
 from ledger_node.quorum import GENESIS_NODES, NodeSet, check_qc, node_set_from_genesis
 from ledger_node.validate import BAD_SIGNATURE, REVOKED_DEVICE, UNKNOWN_DEVICE, DeviceState
+from ledger_node.world import AUDIT, NODE_ENTRY_TYPES, check_audit_entry
 from trustfleet import cbor
 from trustfleet.batch import open_reading
 from trustfleet.cose import decode_sign1
@@ -160,6 +162,8 @@ class BundleReport:
     subject: dict[str, Any] = field(default_factory=dict)
     entries: int = 0
     operator_entries: int = 0
+    node_entries: int = 0
+    """Contract events and audit records (node-made entries) proven included."""
     devices: dict[str, DeviceHistory] = field(default_factory=dict)
     readings: dict[str, list[ProvenReading]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -259,6 +263,10 @@ class _Verifier:
                 readings.append(e)
             elif kind in ADMIN_TYPES:
                 self._operator_entry(e, ca, spans, devices)
+            elif kind in BUSINESS_TYPES:
+                self._business_entry(e, ca, spans, kind)
+            elif kind in NODE_ENTRY_TYPES:
+                self._node_entry(e, kind)
             elif kind == entry_types.GENESIS:
                 if e.index != 0:
                     self.fail("bad_genesis", e.where, "a genesis entry can only be entry 0")
@@ -432,6 +440,39 @@ class _Verifier:
         return spans
 
     # -- 6. operator entries --------------------------------------------------------------------
+
+    def _business_entry(self, e: _Entry, ca: bytes, spans: list[_Span], kind: str) -> None:
+        """A shipment or contract entry: signed by an operator of the fleet CA at the ledger
+        time of its block. What it did to the shipment is in the log the head commits to;
+        `trustfleet verify` on a node's full log replays it (ledger_node.world_replay)."""
+        span = next((s for s in spans if s.first <= e.index < s.size), None)
+        at_op = span.time if span is not None else _not_before(_x5chain(e.data))
+        try:
+            decode_operator_entry(e.data, ca, at_op)
+        except AdminRejected as exc:
+            reason = (exc.reason if exc.reason == NOT_OPERATOR or
+                      exc.reason.startswith("operator_") else
+                      "bad_operator_signature" if exc.reason == BAD_SIGNATURE else
+                      "bad_operator_entry")
+            self.fail(reason, f"{e.where}, {kind}", exc.detail)
+            return
+        self.report.operator_entries += 1
+
+    def _node_entry(self, e: _Entry, kind: str) -> None:
+        """A contract event or an audit record: written by the node(s), vouched for by the
+        signed head that includes it. A contract event's derivation from the readings it
+        cites is re-checked by `trustfleet verify` on a full log, not here."""
+        try:
+            value = entry_types.decode_admin(e.data)
+            if kind == AUDIT:
+                check_audit_entry(value)
+            elif not isinstance(value.get("cause"), list) or not all(
+                    type(i) is int and 0 <= i < e.index for i in value["cause"]):
+                raise ValueError("a contract event cites earlier entries by index")
+        except ValueError as exc:
+            self.fail("bad_node_entry", f"{e.where}, {kind}", str(exc))
+            return
+        self.report.node_entries += 1
 
     def _operator_entry(self, e: _Entry, ca: bytes, spans: list[_Span],
                         devices: dict[str, DeviceHistory]) -> None:
@@ -731,7 +772,10 @@ def describe(report: BundleReport) -> str:
              f"  {report.entries} entr{'y' if report.entries == 1 else 'ies'}, each included "
              f"in that tree: the genesis entry"
              + (f", {n_op} operator entr{'y' if n_op == 1 else 'ies'}{kinds}, each signed by "
-                f"an operator certificate of the fleet CA" if n_op else "")]
+                f"an operator certificate of the fleet CA" if n_op else "")
+             + (f", {report.node_entries} contract event or audit entr"
+                f"{'y' if report.node_entries == 1 else 'ies'} written by the node(s)"
+                if report.node_entries else "")]
     for dev, proven in sorted(report.readings.items()):
         times = [p.reading.t for p in proven]
         lines.append(f"  {dev}: {len(proven)} reading(s), seq {proven[0].reading.seq}-"

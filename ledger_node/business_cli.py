@@ -7,8 +7,9 @@ and transport as `trustfleet device` (see ledger_node.device_cli). A contract do
 parsed and checked here before it is signed, so an error is reported with its line and column
 before anything reaches a node; the node checks it again when it takes the entry.
 
-    trustfleet shipment create --file shipment.yaml | --shipment ID --party ORG:ROLE ... [--unit SSCC]
-                               [--deadline T] [--route FILE] [--geofence NAME=FILE] [--contract NAME]
+    trustfleet shipment create --file shipment.yaml | --shipment ID --party ORG:ROLE ...
+                               [--unit SSCC] [--deadline T] [--route FILE]
+                               [--geofence NAME=FILE] [--contract NAME]
     trustfleet shipment assign --shipment ID --device DEV --start T [--end T]
     trustfleet shipment state  --shipment ID --state in_transit|delivered|cancelled
     trustfleet shipment list | show ID          (reads the node's API with a token)

@@ -247,8 +247,8 @@ class NodeConfig:
             raise ConfigError("etcd_prefix must start with / (at most 128 printable characters)")
         if not 64 * 1024 <= self.etcd_max_batch_bytes <= 64 * 1024 * 1024:
             raise ConfigError("etcd_max_batch_bytes must be between 65536 and 67108864")
-        if self.etcd_retain_revisions < 1000:
-            raise ConfigError("etcd_retain_revisions must be at least 1000")
+        if self.etcd_retain_revisions < 100:
+            raise ConfigError("etcd_retain_revisions must be at least 100")
         if not 100 <= self.max_clock_skew_ms <= 3_600_000:
             raise ConfigError("max_clock_skew_ms must be between 100 and 3600000")
         if self.node_set_file is None:

@@ -376,12 +376,11 @@ def create_router(db_path: Path, book: TokenBook, node_id: Callable[[], str | No
               height: Annotated[int | None, Query(ge=0, le=MAX_INDEX,
                                                   description="block height (default: newest)")]
               = None, t_from: FromTime = None, t_to: ToTime = None,
-              parts: Parts = "readings") -> dict[str, Any]:
+              parts: Parts = "readings,events,operator") -> dict[str, Any]:
         """A proof bundle (docs/proof-bundle.md) of the shipment's entries against the signed
-        head of block `height`: its readings (device time in [from, to) too) and, as `parts`
-        says, its contract events and operator entries. `trustfleet verify-bundle` checks a
-        bundle of readings (the default); one with events or shipment operator entries needs a
-        verifier that knows those kinds (its inclusion proofs hold either way)."""
+        head of block `height`: as `parts` says (default: all three), its readings (device
+        time in [from, to) too), its contract events and the operator entries that made it.
+        `trustfleet verify-bundle` checks it offline."""
         with db() as conn:
             shipment_row(conn, who, shipment_id)
             with proof_errors():

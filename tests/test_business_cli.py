@@ -64,8 +64,8 @@ def test_contract_lifecycle_through_the_cli(node: Any, tmp_path: Path) -> None:
     listing = run("contract", "list", *token)
     assert listing.returncode == 0, listing.stderr
     lines = [line.split() for line in listing.stdout.splitlines()[1:]]
-    assert ["cold-chain-2-8", "1", "superseded"] == lines[0][:3]
-    assert ["cold-chain-2-8", "2", "active"] == lines[1][:3]
+    assert lines[0][:3] == ["cold-chain-2-8", "1", "superseded"]
+    assert lines[1][:3] == ["cold-chain-2-8", "2", "active"]
     show = run("contract", "show", "cold-chain-2-8", *token)
     assert "hold: 10m" in show.stdout and "hold: 15m" in show.stdout
 

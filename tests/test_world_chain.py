@@ -178,7 +178,7 @@ def test_bad_contract_is_refused_with_line_and_column(tmp_path: Path) -> None:
 
 
 def test_duplicate_registration_and_unknown_shipment_are_refused(cold) -> None:
-    cut, truck = cold
+    cut, _ = cold
     again = contract(cut, template_text("cold-chain-2-8"))
     orphan = cut.pki.signed({"type": "shipment_state", "shipment": "NOPE", "state": "delivered"})
     result = cut.apply(admin=[again, orphan])
