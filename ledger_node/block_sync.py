@@ -22,6 +22,10 @@ sends is trusted. Each block must:
 The node stores the certificate's signatures with its own, and the peer's etcd revision for
 the block; once at the peer's tip it takes the peer's applied revision and follows etcd from
 the next one.
+
+`compare_blocks` is the cross-node comparison (`trustfleet consortium compare`): the same
+pages from every node, compared height by height, naming a node whose header or entries
+differ from what most nodes hold.
 """
 
 from __future__ import annotations
@@ -49,8 +53,9 @@ from trustfleet.batch import open_reading
 from trustfleet.errors import WireError
 from trustfleet.topics import up_topic
 
-__all__ = ["SyncBlock", "SyncError", "SyncPage", "batch_from_entries", "catch_up",
-           "fetch_page", "parse_page", "read_peers"]
+__all__ = ["Difference", "SyncBlock", "SyncError", "SyncPage", "batch_from_entries",
+           "catch_up", "compare_blocks", "fetch_blocks", "fetch_page", "parse_page",
+           "read_peers"]
 
 PAGE_BLOCKS = 200
 MAX_PAGE_BYTES = 256 * 1024 * 1024
@@ -235,3 +240,77 @@ def catch_up(chain: Chain, store: ConsortiumStore, peers: Sequence[Peer],
             problems.append(str(exc))
             continue
     raise SyncError("; ".join(problems) or "stopped")
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A node whose block at `height` is not the one most nodes hold."""
+
+    node: str
+    height: int
+    what: str
+    """"header" (another block), "entries" (the same header, other entry bytes: a store
+    edited after the fact) or "missing"."""
+    detail: str
+
+
+def compare_blocks(blocks: dict[str, dict[int, SyncBlock]]) -> list[Difference]:
+    """Cross-node comparison: at every height, the header and entries most nodes hold are the
+    reference; every node that holds something else is named (pure)."""
+    from collections import Counter
+
+    from ledger_node.merkle import leaf_hash
+
+    out: list[Difference] = []
+    heights = sorted({h for held in blocks.values() for h in held})
+    for h in heights:
+        have = {n: held[h] for n, held in blocks.items() if h in held}
+        headers = Counter(b.header for b in have.values())
+        ref_header, votes = headers.most_common(1)[0]
+        if votes * 2 <= len(have) and len(headers) > 1:
+            ref_header = b""  # no majority: name every node that differs from any other
+        for n, b in sorted(have.items()):
+            if ref_header and b.header != ref_header:
+                out.append(Difference(n, h, "header", f"block {h}: header "
+                                      f"{block_hash(b.header).hex()[:16]}…, most nodes hold "
+                                      f"{block_hash(ref_header).hex()[:16]}…"))
+        same = {n: b for n, b in have.items() if b.header == ref_header}
+        contents = Counter(tuple(leaf_hash(e) for e in b.entries) for b in same.values())
+        if not contents:
+            continue
+        ref_entries = contents.most_common(1)[0][0]
+        for n, b in sorted(same.items()):
+            got = tuple(leaf_hash(e) for e in b.entries)
+            if got != ref_entries:
+                first = header_first(b.header)
+                at = next((i for i, (x, y) in enumerate(zip(got, ref_entries, strict=False))
+                           if x != y), min(len(got), len(ref_entries)))
+                out.append(Difference(n, h, "entries", f"block {h}: entry {first + at} is not "
+                                      f"the entry the other nodes hold under the same signed "
+                                      f"header (its store was changed)"))
+    return out
+
+
+def header_first(header: bytes) -> int:
+    try:
+        return decode_header(header).first
+    except LedgerError:
+        return 0
+
+
+def fetch_blocks(peer: Peer, from_height: int = 0, to_height: int | None = None,
+                 page_blocks: int = PAGE_BLOCKS) -> dict[int, SyncBlock]:
+    """Blocks from_height..to_height (default: the peer's tip) of one node."""
+    out: dict[int, SyncBlock] = {}
+    at = from_height
+    while to_height is None or at <= to_height:
+        page = fetch_page(peer, at, page_blocks)
+        for b in page.blocks:
+            if to_height is None or b.height <= to_height:
+                out[b.height] = b
+        if not page.blocks:
+            break
+        at = page.blocks[-1].height + 1
+        if at > page.tip:
+            break
+    return out

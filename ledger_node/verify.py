@@ -47,7 +47,8 @@ from ledger_node.subtrees import append_leaves
 from ledger_node.validate import DeviceState
 from ledger_node.verify_index import IndexCheck
 from ledger_node.world import AUDIT, NODE_ENTRY_TYPES, check_audit_entry
-from ledger_node.world_replay import replay_world_conn
+from ledger_node.contracts import ContractEvent
+from ledger_node.world_replay import check_world_tables, replay_world_conn
 from trustfleet.batch import open_reading
 from trustfleet.cose import is_low_s
 from trustfleet.errors import WireError
@@ -259,10 +260,13 @@ def _check_entry(idx: int, data: bytes, header: BlockHeader,
 
 def _check_world(conn: sqlite3.Connection, ca_cert: bytes | None, report: VerifyReport) -> None:
     """Replay shipments and contracts from the log: every contract event must follow."""
+    derived: list[tuple[int, ContractEvent]] = []
     try:
-        replay_world_conn(conn, ca_cert)
+        world = replay_world_conn(conn, ca_cert, derived=derived)
     except TamperError as exc:
         report.problems.append(exc)
+        return
+    report.problems.extend(check_world_tables(conn, world, derived))
 
 
 def _fail(report: VerifyReport, where: str, detail: str) -> bool:

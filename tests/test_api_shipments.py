@@ -186,10 +186,11 @@ def test_shipment_proof_of_its_readings_verifies_offline(api: Api, tmp_path: Pat
 
 
 def test_shipment_proof_with_every_part_against_an_older_head(api: Api) -> None:
-    default = api.json("/v1/shipments/SHP-ACME/proof")
-    assert [e["index"] for e in default["entries"]] == [0, 1, 2, *ACME_READINGS]
+    readings = api.json("/v1/shipments/SHP-ACME/proof?parts=readings")
+    assert [e["index"] for e in readings["entries"]] == [0, 1, 2, *ACME_READINGS]
     full = api.json("/v1/shipments/SHP-ACME/proof?parts=readings,events,operator")
     assert [e["index"] for e in full["entries"]] == [0, 1, 2, 3, *ACME_READINGS]
+    assert api.json("/v1/shipments/SHP-ACME/proof") == full  # every part by default
     assert verify_bundle(json.dumps(full).encode()).ok  # the stand-in events are enrolments
     old = api.json("/v1/shipments/SHP-ACME/proof?parts=readings&height=1")
     assert [e["index"] for e in old["entries"]] == [0, 1, 4]

@@ -209,3 +209,16 @@ def test_audit_entries_are_appended_and_checked(tmp_path: Path) -> None:
     doc = json.loads(cut.store.conn.execute("SELECT doc FROM audit").fetchone()[0])
     assert doc["who"] == "alice" and doc["path"] == "/v1/shipments/SHP-1"
     assert verify_store(cut.store.path).ok
+
+
+def test_verify_names_a_tampered_events_or_shipments_row(cold) -> None:
+    cut, truck = cold
+    cut.apply([truck.message(e) for e in temps(truck, T0, [9.0] * 17)])
+    conn = cut.store.conn
+    with conn:
+        conn.execute("UPDATE events SET state = 'in_transit'")
+        conn.execute("UPDATE shipments SET state = 'delivered' WHERE id = 'SHP-1'")
+    report = verify_store(cut.store.path)
+    named = {p.where for p in report.problems}
+    assert any(w.startswith("events row") for w in named), named
+    assert "shipments row 'SHP-1'" in named

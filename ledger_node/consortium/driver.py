@@ -82,6 +82,7 @@ PUT_RETRIES = 5
 PROGRESS_EVERY_S = 2.0
 COMPACT_EVERY_S = 10.0
 MAX_PENDING_HEIGHTS = 100_000
+POST_EVERY_S = 0.02
 
 
 @dataclass
@@ -121,6 +122,7 @@ class Consortium:
         self._mine: dict[int, _Proposal] = {}
         self._done: dict[int, ApplyResult] = {}
         self._to_post: list[tuple[int, bytes, bytes]] = []
+        self._next_post = 0.0
         self._votes: dict[int, set[str]] = {}
         self._against: dict[int, dict[bytes, set[str]]] = {}
         self._receipts: dict[int, dict[str, tuple[str, int, int]]] = {}
@@ -315,8 +317,8 @@ class Consortium:
                     self._catch_up(item.compacted)
                 elif item.event is not None:
                     self._on_event(item)
-                if self._events.empty():
-                    self._post_sigs()
+                if self._events.empty() or time.monotonic() >= self._next_post:
+                    self._post_sigs()  # at once when idle, at least every POST_EVERY_S
         except Exception:
             log.exception("the consortium applier failed; stopping the node")
             self.node.stop_event.set()
@@ -444,6 +446,7 @@ class Consortium:
     # -- signatures and finality ----------------------------------------------------------------
 
     def _post_sigs(self) -> None:
+        self._next_post = time.monotonic() + POST_EVERY_S
         if not self._to_post or self.halted is not None:
             return
         posting, self._to_post = self._to_post[-500:], []

@@ -36,6 +36,10 @@ from trustfleet.etcd_cluster import EtcdCluster, start_etcd_cluster
 from trustfleet.procs import free_port, stop_process, wait_for
 
 
+STAGGER_S = 0.5
+"""Pause between starting two nodes (SoftHSM reads every token of a rig when it starts)."""
+
+
 def node_certificate(pki: SoftwareFleetPKI, node: str, spki_der: bytes) -> bytes:
     """A node certificate (role node, CN = node id) from the software fleet CA."""
     return build_certificate(
@@ -81,9 +85,20 @@ class RigNode:
                 stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def wait_ready(self, timeout: float = 120) -> None:
-        wait_for(lambda: bool(self.get("/v1/node/status", timeout=2)["broker_connected"]),
-                 timeout, f"ledger node {self.node_id}", interval=0.2, proc=self.proc,
-                 log_file=self.log)
+        """Wait until the node serves its API and is connected to the broker. A node that
+        exits at once on a PKCS#11 GeneralError is started once more: SoftHSM reads every
+        token of the rig at start, and can trip over another node's token being written."""
+        for attempt in (1, 2):
+            try:
+                wait_for(lambda: bool(self.get("/v1/node/status", timeout=2)
+                                      ["broker_connected"]),
+                         timeout, f"ledger node {self.node_id}", interval=0.2, proc=self.proc,
+                         log_file=self.log)
+                return
+            except RuntimeError as exc:
+                if attempt == 2 or "GeneralError" not in str(exc):
+                    raise
+                self.start()
 
     @property
     def running(self) -> bool:
@@ -159,6 +174,7 @@ def start_rig(folder: Path, nodes: int = 4, devices: Mapping[str, bytes] | None 
         ids = sorted(rig.nodes)
         for n in ids[:nodes if start is None else start]:
             rig.nodes[n].start()
+            time.sleep(STAGGER_S)
         for n in ids[:nodes if start is None else start]:
             rig.nodes[n].wait_ready()
     except BaseException:
