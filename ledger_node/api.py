@@ -23,9 +23,9 @@ import base64
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,7 +69,7 @@ from ledger_node.shipments_api import (
     entry_belongs_to_org,
     proof_errors,
 )
-from ledger_node.store import open_reader
+from ledger_node.store import reading
 
 log = logging.getLogger("trustfleet.api")
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboards" / "static"
@@ -171,13 +171,8 @@ def create_app(db_path: Path, status: Callable[[], dict[str, Any]] | None = None
     async def sqlite_failed(request: Request, exc: sqlite3.Error) -> JSONResponse:
         return JSONResponse({"detail": f"this node cannot read its store: {exc}"}, 503)
 
-    @contextmanager
-    def db() -> Iterator[sqlite3.Connection]:
-        conn = open_reader(db_path)
-        try:
-            yield conn
-        finally:
-            conn.close()
+    def db() -> AbstractContextManager[sqlite3.Connection]:
+        return reading(db_path)
 
     def block_json(conn: sqlite3.Connection, height: int, with_entries: bool) -> dict[str, Any]:
         row = conn.execute("SELECT header, hash FROM blocks WHERE height = ?",

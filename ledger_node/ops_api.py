@@ -12,8 +12,8 @@ contract documents are business terms between the parties, and the metrics say a
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +23,7 @@ from fastapi.responses import Response
 
 from ledger_node.auth import Principal, require_staff
 from ledger_node.metrics import MetricsError, metrics_endpoint
-from ledger_node.store import open_reader
+from ledger_node.store import reading
 
 Staff = Annotated[Principal, Depends(require_staff)]
 ContractName = Annotated[str, PathParam(min_length=1, max_length=64,
@@ -33,13 +33,8 @@ ContractName = Annotated[str, PathParam(min_length=1, max_length=64,
 def create_router(db_path: Path, status: Callable[[], dict[str, Any]] | None) -> APIRouter:
     router = APIRouter()
 
-    @contextmanager
-    def db() -> Iterator[sqlite3.Connection]:
-        conn = open_reader(db_path)
-        try:
-            yield conn
-        finally:
-            conn.close()
+    def db() -> AbstractContextManager[sqlite3.Connection]:
+        return reading(db_path)
 
     def rows(where: str = "", args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with db() as conn:

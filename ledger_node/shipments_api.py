@@ -28,7 +28,7 @@ import logging
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -48,7 +48,7 @@ from ledger_node.shipment_bundle import (
     readings_query,
     windows,
 )
-from ledger_node.store import open_reader
+from ledger_node.store import reading
 
 __all__ = ["BadCursor", "create_router", "decode_cursor", "encode_cursor",
            "entry_belongs_to_org", "proof_errors", "visible_shipment"]
@@ -264,13 +264,8 @@ def create_router(db_path: Path, book: TokenBook, node_id: Callable[[], str | No
     every poll (a revoked token ends its stream); `node_id` names this node in exports."""
     router = APIRouter()
 
-    @contextmanager
-    def db() -> Iterator[sqlite3.Connection]:
-        conn = open_reader(db_path)
-        try:
-            yield conn
-        finally:
-            conn.close()
+    def db() -> AbstractContextManager[sqlite3.Connection]:
+        return reading(db_path)
 
     def shipment_row(conn: sqlite3.Connection, who: Principal, shipment: str) -> sqlite3.Row:
         row = visible_shipment(conn, who, shipment)

@@ -225,6 +225,16 @@ def open_reader(path: Path) -> sqlite3.Connection:
     return _connect(path, readonly=True)
 
 
+@contextmanager
+def reading(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection for the duration of a `with` block (one API request)."""
+    conn = open_reader(path)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 QuarantineObserver = Callable[[Sequence[QuarantineRow]], None]
 
 
