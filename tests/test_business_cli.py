@@ -128,3 +128,20 @@ def test_bad_shipment_arguments_are_refused_before_signing(tmp_path: Path, args:
               str(tmp_path / "no-rig"), *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert not (tmp_path / "x.cose").exists()
+
+
+def test_a_partners_queries_land_on_the_ledger_as_audit_entries(node: Any) -> None:
+    from tests.fleet import api_token, http_json_auth
+
+    n, _ = node
+    partner = api_token(n.data, "partner", org="acme", name="acme-clerk")
+    assert http_json_auth(f"{n.api}/v1/shipments?state=in_transit", partner)["items"] == []
+
+    def audited() -> list[dict[str, Any]]:
+        return [i for i in n.get("/v1/audit")["items"] if i["record"]["who"] == "acme-clerk"]
+
+    wait_for(lambda: audited(), 30, "the audit entry", proc=n.proc, log_file=n.log)
+    item = audited()[0]
+    assert item["record"]["path"] == "/v1/shipments" and item["record"]["org"] == "acme"
+    assert item["record"]["query"] == "state=in_transit" and item["record"]["status"] == 200
+    assert n.get(f"/v1/entries/{item['entry']}")["kind"] == "audit"
