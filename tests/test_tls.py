@@ -30,7 +30,7 @@ from hsm.x509 import (
     key_identifier,
     pem_or_der_to_der,
 )
-from tests.fleet import NodeProcess, ca_path_for, cli, spawn, write_enrollments
+from tests.fleet import NodeProcess, ca_path_for, cli, operator_token, spawn, write_enrollments
 from tests.tlskit import TlsClient, TlsMaterial, make_material, start_tls_broker
 from trustfleet.broker import BrokerTls, dynsec_config, write_config
 from trustfleet.procs import free_port, stop_process, wait_for
@@ -339,7 +339,7 @@ def _start_tls_node(data: Path, rig_dir: Path, port: int, enroll: Path, mat: Tls
                      "--broker-port", str(port), "--api-port", str(api_port),
                      "--block-interval-ms", "100", "--tls-ca", str(own.ca), "--tls-cert",
                      str(own.cert), "--tls-key", str(own.key)), log)
-    node = NodeProcess(proc, data, api_port, log)
+    node = NodeProcess(proc, data, api_port, log, operator_token(data))
     wait_for(lambda: node.get("/v1/node/status")["broker_connected"], 60,
              "ledger node connected over TLS", proc=proc, log_file=log)
     return node
