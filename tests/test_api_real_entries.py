@@ -5,8 +5,8 @@ by uvicorn on a loopback port."""
 
 from __future__ import annotations
 
-import hashlib
 import base64
+import hashlib
 import json
 import subprocess
 from collections.abc import Iterator
