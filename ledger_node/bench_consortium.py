@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verify-workers", type=int, default=0,
                     help="verify_workers of every consortium node (0: in the apply thread; "
                          "four nodes already share this machine's cores)")
-    ap.add_argument("--block-interval-ms", type=int, default=200,
-                    help="block_interval_ms of every consortium node (200)")
+    ap.add_argument("--block-interval-ms", type=int, default=500,
+                    help="block_interval_ms of every consortium node (500: fewer, larger "
+                         "blocks; every block costs each node a commit, a signature, a post)")
     ap.add_argument("--timeout", type=float, default=600, help="give up after seconds (600)")
     args = ap.parse_args(argv)
     if not 1 <= args.batch <= MAX_BATCH:

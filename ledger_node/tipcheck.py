@@ -113,7 +113,6 @@ def _check_signature(conn: sqlite3.Connection, header: BlockHeader, header_bytes
     if keys.get(node_id, node_key) != node_key:
         raise ConfigError(f"this node's HSM key is not the key the genesis entry gives node "
                           f"{node_id!r}: wrong token for this store?")
-    keys.setdefault(node_id, node_key)
     if len(keys) > 1 and node_id in keys and header.proposer != node_id:
         # A consortium chain: this node signed every block it applied; the proposer's own
         # signature may not have reached it yet. Every signature stored must verify.

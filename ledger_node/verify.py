@@ -38,6 +38,7 @@ from ledger_node.admin import (
 )
 from ledger_node.block import ZERO_HASH, BlockHeader, block_hash, decode_header
 from ledger_node.consortium.errors import QuorumError
+from ledger_node.contracts import ContractEvent
 from ledger_node.errors import LedgerError, TamperError
 from ledger_node.merkle import CompactRange, leaf_hash
 from ledger_node.quorum import block_signatures_problem, genesis_keys
@@ -47,7 +48,6 @@ from ledger_node.subtrees import append_leaves
 from ledger_node.validate import DeviceState
 from ledger_node.verify_index import IndexCheck
 from ledger_node.world import AUDIT, NODE_ENTRY_TYPES, check_audit_entry
-from ledger_node.contracts import ContractEvent
 from ledger_node.world_replay import check_world_tables, replay_world_conn
 from trustfleet.batch import open_reading
 from trustfleet.cose import is_low_s

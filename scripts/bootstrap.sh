@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything TrustFleet needs on a Debian machine, idempotently:
-#   - Debian packages (mosquitto, softhsm2, gpsd, gpsd-clients, chromium, victoria-metrics), installed with apt-get only
+#   - Debian packages (mosquitto, softhsm2, gpsd, gpsd-clients, chromium, victoria-metrics, etcd-server), installed with apt-get only
 #     when missing. gpsd-clients is the package that ships gpsfake (gpsd's log replayer, which
 #     the GPS hardware tests use); its own dependencies (matplotlib, GTK) come with it.
 #   - a .venv with the project, its dev tools and the LLRP extra (sllurp) installed (re-done
@@ -20,6 +20,8 @@ command -v gpsfake >/dev/null 2>&1 || [ -x /usr/bin/gpsfake ] || need_pkgs+=(gps
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 # A server that accepts the InfluxDB v2 write API, for the readings mirror's tests.
 command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || need_pkgs+=(victoria-metrics)
+# etcd orders the batches of a consortium of ledger nodes (trustfleet up --nodes N, its tests).
+command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need_pkgs+=(etcd-server)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -35,6 +37,10 @@ fi
 # The packaged mosquitto service is not ours: we start our own broker per data folder.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
   systemctl stop mosquitto || true
+fi
+# Nor is the packaged etcd service: trustfleet up and the tests start their own clusters.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+  systemctl stop etcd || true
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from ledger_node.block import block_hash
 from ledger_node.chain import ApplyResult, Message, OrderedBatch
 from ledger_node.consortium.codec import (
+    SIGS_DIR,
     Keys,
     Progress,
     batch_size_estimate,
@@ -114,6 +115,7 @@ class Consortium:
         self.node_set: NodeSet | None = None
         self.stop_event = threading.Event()
         self._events: queue.Queue[_Queued] = queue.Queue(QUEUE_EVENTS)
+        self._sig_events: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
         self._resume = threading.Event()
         self._resume_at = 0
         self._threads: list[threading.Thread] = []
@@ -158,8 +160,9 @@ class Consortium:
         """Start watching from the applied revision + 1, and applying."""
         self._resume_at = self.applied_revision + 1
         self._resume.set()
-        for name, target in (("etcd-watch", self._watch_loop), ("consortium-apply",
-                                                                 self._apply_loop),
+        for name, target in (("etcd-watch", self._watch_loop),
+                             ("etcd-watch-sigs", self._watch_sigs_loop),
+                             ("consortium-apply", self._apply_loop),
                              ("consortium-housekeeping", self._housekeeping_loop)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -169,7 +172,7 @@ class Consortium:
         self.stop_event.set()
         self.etcd.close()
         for t in self._threads:  # the watcher may sit in a read until its idle timeout
-            t.join(timeout=1 if t.name == "etcd-watch" else 30)
+            t.join(timeout=1 if t.name.startswith("etcd-watch") else 30)
 
     def log_is_empty(self) -> bool:
         """True if nothing was ever proposed on this chain (the log key was never written)."""
@@ -273,7 +276,7 @@ class Consortium:
                 continue
             start = self._resume_at
             try:
-                for wb in self.etcd.watch(self.keys.root, start):
+                for wb in self.etcd.watch(self.keys.log, start):
                     now = wall_clock_ms()
                     for ev in wb.events:
                         self._enqueue(_Queued(ev, wb.header_revision, now))
@@ -292,6 +295,31 @@ class Consortium:
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def _watch_sigs_loop(self) -> None:
+        """Signature posts have their own watch, so that finality does not wait behind the
+        batches this node has still to apply (signatures for blocks it has not applied yet
+        are kept until it has)."""
+        start = self.applied_revision + 1
+        backoff = 0.2
+        while not self.stop_event.is_set():
+            try:
+                for wb in self.etcd.watch(self.keys.root + SIGS_DIR.encode(), start):
+                    now = wall_clock_ms()
+                    for ev in wb.events:
+                        self._sig_events.put(_Queued(ev, wb.header_revision, now))
+                        start = ev.revision + 1
+                    if self.stop_event.is_set():
+                        return
+                backoff = 0.2
+            except EtcdCompacted as exc:
+                log.warning("signatures before revision %d were compacted away: those blocks' "
+                            "certificates come from later blocks or peers", exc.compact_revision)
+                start = exc.compact_revision
+            except EtcdError as exc:
+                self.last_error = str(exc)
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
     def _enqueue(self, item: _Queued) -> None:
         while not self.stop_event.is_set():
             try:
@@ -306,8 +334,9 @@ class Consortium:
         try:
             while not self.stop_event.is_set():
                 self._run_deferred()
+                self._take_signatures()
                 try:
-                    item = self._events.get(timeout=0.05)
+                    item = self._events.get(timeout=0.02)
                 except queue.Empty:
                     self._post_sigs()
                     continue
@@ -323,6 +352,15 @@ class Consortium:
             log.exception("the consortium applier failed; stopping the node")
             self.node.stop_event.set()
             raise
+
+    def _take_signatures(self) -> None:
+        while self.halted is None:
+            try:
+                item = self._sig_events.get_nowait()
+            except queue.Empty:
+                return
+            if item.event is not None:
+                self._on_event(item)
 
     def _run_deferred(self) -> None:
         while True:
@@ -622,8 +660,9 @@ class Consortium:
                 p = decode_progress(kv.value)
             except BatchDecodeError:
                 continue
-            if p.node in members:
+            if p.node in members and kv.key == self.keys.applied(p.node):
                 applied.append(p.revision)
+                self.peers[p.node] = p
         # Until every node has reported, keep everything for them... up to a point.
         floor = 0 if not applied or len(applied) < len(members) else min(applied)
         target = max(floor, current - self.cfg.etcd_retain_revisions)

@@ -26,15 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from hsm import SoftHsmRig
-from hsm.x509 import build_certificate, build_name, der_to_pem, end_entity_extensions
-from hsm.x509 import key_identifier
+from hsm.x509 import (
+    build_certificate,
+    build_name,
+    der_to_pem,
+    end_entity_extensions,
+    key_identifier,
+)
 from ledger_node.auth import TokenBook, tokens_path, wall_clock_ms
 from ledger_node.consortium.files import Peer, write_node_set, write_peers
 from ledger_node.softpki import SoftwareFleetPKI, write_enrolment_file
 from trustfleet.broker import start_broker
 from trustfleet.etcd_cluster import EtcdCluster, start_etcd_cluster
 from trustfleet.procs import free_port, stop_process, wait_for
-
 
 STAGGER_S = 0.5
 """Pause between starting two nodes (SoftHSM reads every token of a rig when it starts)."""
