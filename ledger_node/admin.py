@@ -19,6 +19,10 @@ certificate (x5chain, label 33, one DER certificate) next to `alg` and `kid`:
       {"v": 1, "type": "contract_registered" | "contract_upgraded", "name": str,
        "version": int, "doc": YAML or JSON text, "effective": ms | null, "t": ms}
       {"v": 1, "type": "contract_retired", "name": str, "t": ms}
+    and the consortium's node set (ledger_node.quorum, docs/consortium.md), in force from the
+    block after the one that carries it:
+      {"v": 1, "type": "node_set_changed", "nodes": [{"node": id, "cert": node cert DER}],
+       "t": ms}
 
 `t` is the operator's clock, recorded and never trusted. Everything is checked at the ledger
 time of the block that carries the entry: the operator certificate chains to the fleet CA
@@ -38,6 +42,8 @@ import cbor2
 
 from hsm import Signer, check_certificate, verify_es256
 from hsm.errors import CaCertificateInvalid, CertificateRejected
+from ledger_node.consortium.errors import QuorumError
+from ledger_node.quorum import NodeSet, node_set_change
 from ledger_node.validate import BAD_SIGNATURE, REVOKED_DEVICE, UNKNOWN_DEVICE, DeviceState
 from trustfleet import cbor
 from trustfleet.cose import (
@@ -58,8 +64,13 @@ HEADER_X5CHAIN: Final = 33
 DEVICE_ENROLLED: Final = "device_enrolled"
 DEVICE_REVOKED: Final = "device_revoked"
 DEVICE_ROTATED: Final = "device_rotated"
-ADMIN_TYPES: Final = frozenset({DEVICE_ENROLLED, DEVICE_REVOKED, DEVICE_ROTATED})
+DEVICE_TYPES: Final = frozenset({DEVICE_ENROLLED, DEVICE_REVOKED, DEVICE_ROTATED})
 """Operator entries about devices (applied here, to the device states)."""
+NODE_SET_CHANGED: Final = "node_set_changed"
+CONSORTIUM_TYPES: Final = frozenset({NODE_SET_CHANGED})
+"""Operator entries about the consortium's node set (check_node_set_change, ledger_node.quorum)."""
+ADMIN_TYPES: Final = DEVICE_TYPES | CONSORTIUM_TYPES
+"""Operator entries that are not business entries (never routed to ledger_node.world)."""
 SHIPMENT_CREATED: Final = "shipment_created"
 SHIPMENT_ASSIGNED: Final = "shipment_assigned"
 SHIPMENT_STATE: Final = "shipment_state"
@@ -69,7 +80,7 @@ CONTRACT_RETIRED: Final = "contract_retired"
 BUSINESS_TYPES: Final = frozenset({SHIPMENT_CREATED, SHIPMENT_ASSIGNED, SHIPMENT_STATE,
                                    CONTRACT_REGISTERED, CONTRACT_UPGRADED, CONTRACT_RETIRED})
 """Operator entries about shipments and contracts (applied by ledger_node.world)."""
-OPERATOR_TYPES: Final = ADMIN_TYPES | BUSINESS_TYPES
+OPERATOR_TYPES: Final = ADMIN_TYPES | BUSINESS_TYPES | CONSORTIUM_TYPES
 MAX_CONTRACT_DOC: Final = 32 * 1024
 MAX_OPERATOR_PAYLOAD: Final = 48 * 1024
 """An operator entry, certificate and signature included, must fit the 64 KiB entry limit."""
@@ -78,6 +89,7 @@ NOT_OPERATOR: Final = "not_operator"
 ALREADY_ENROLLED: Final = "already_enrolled"
 STALE_ROTATION: Final = "stale_rotation"
 NO_FLEET_CA: Final = "no_fleet_ca"
+BAD_NODE_SET: Final = "bad_node_set"
 
 _FIELDS: Final = {
     DEVICE_ENROLLED: {"v", "type", "dev", "fleet", "cert", "t"},
@@ -90,6 +102,7 @@ _FIELDS: Final = {
     CONTRACT_REGISTERED: {"v", "type", "name", "version", "doc", "effective", "t"},
     CONTRACT_UPGRADED: {"v", "type", "name", "version", "doc", "effective", "t"},
     CONTRACT_RETIRED: {"v", "type", "name", "t"},
+    NODE_SET_CHANGED: {"v", "type", "nodes", "t"},
 }
 
 
@@ -221,6 +234,26 @@ def _check_body(body: object, msg: Sign1) -> None:
             raise AdminRejected(BAD_PAYLOAD, f"{key} must be bytes")
     if "reason" in body and (not isinstance(body["reason"], str) or len(body["reason"]) > 200):
         raise AdminRejected(BAD_PAYLOAD, "reason must be a short string")
+    if "nodes" in body and (not isinstance(body["nodes"], list) or not body["nodes"]):
+        raise AdminRejected(BAD_NODE_SET, "nodes must be a non-empty list of {node, cert}")
+
+
+def check_node_set_change(entry: OperatorEntry, genesis: Mapping[str, Any] | None,
+                          at_ms: int) -> NodeSet:
+    """The node set a checked `node_set_changed` entry names, its node certificates checked
+    against the genesis entry's fleet CA at ledger time `at_ms` (role `node`, CN = id).
+    Raises AdminRejected (`bad_node_set`, `node_<reason>`): also on a chain whose genesis
+    entry names no node set (a solo chain) or before there is a genesis entry."""
+    if entry.type != NODE_SET_CHANGED:
+        raise AdminRejected(BAD_NODE_SET, f"not a {NODE_SET_CHANGED} entry")
+    ca = genesis.get("ca") if genesis is not None else None
+    if genesis is None or genesis.get("nodes") is None or not isinstance(ca, bytes):
+        raise AdminRejected(BAD_NODE_SET, "the node set can only change on a consortium "
+                            "chain (a genesis entry with nodes)")
+    try:
+        return node_set_change(entry.body, ca, at_ms)
+    except QuorumError as exc:
+        raise AdminRejected(exc.reason, exc.detail) from None
 
 
 def _device_cert(entry: OperatorEntry, ca_cert: bytes, at_ms: int) -> tuple[bytes, bytes, int,
@@ -237,7 +270,9 @@ def _device_cert(entry: OperatorEntry, ca_cert: bytes, at_ms: int) -> tuple[byte
 
 def apply_operator_entry(entry: OperatorEntry, devices: Mapping[str, DeviceState],
                          ca_cert: bytes, height: int, at_ms: int) -> AdminApplied:
-    """The device state an operator entry leads to. Raises AdminRejected."""
+    """The device state a device operator entry leads to. Raises AdminRejected."""
+    if entry.type not in DEVICE_TYPES:
+        raise AdminRejected(BAD_PAYLOAD, f"{entry.type} is not about a device")
     dev = entry.body["dev"]
     state = devices.get(dev)
     if entry.type == DEVICE_ENROLLED:

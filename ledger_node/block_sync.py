@@ -42,7 +42,7 @@ from ledger_node import entries as entry_types
 from ledger_node.admin import decode_operator_entry_unchecked, is_operator_entry
 from ledger_node.block import block_hash, decode_header
 from ledger_node.chain import Chain, Message, OrderedBatch
-from ledger_node.consortium.cstore import ConsortiumStore
+from ledger_node.consortium.cstore import ConsortiumStore, node_set_history_of
 from ledger_node.consortium.errors import QuorumError, SyncError
 from ledger_node.consortium.files import Peer, read_node_set, read_peers
 from ledger_node.errors import LedgerError
@@ -168,8 +168,15 @@ def batch_from_entries(chain: Chain, header_time: int, proposer: str,
 
 def _node_set(chain: Chain, store: ConsortiumStore, block: SyncBlock,
               configured: list[tuple[str, bytes]]) -> NodeSet:
-    """The node set block's QC is checked with: the chain's, or for block 0 its own genesis
-    entry's — which must name exactly the configured node certificates."""
+    """The node set block's QC is checked with: the one in force at its height on this
+    node's chain (the genesis entry's, changed by the `node_set_changed` entries of the blocks
+    applied so far: ledger_node.quorum), or for block 0 its own genesis entry's — which must
+    name exactly the configured node certificates."""
+    if chain.height >= 0:
+        try:
+            return node_set_history_of(store.conn).at(block.height)
+        except (QuorumError, ValueError, WireError) as exc:
+            raise SyncError(f"this node's node set history does not check: {exc}") from None
     genesis = store.entry(0) if chain.height >= 0 else (block.entries[0] if block.entries
                                                          else None)
     if genesis is None:

@@ -22,7 +22,10 @@ operator entries of every device whose readings are included (enrolment, rotatio
 revocation: its whole history up to the head) and the entries asked for, each with its
 inclusion proof against ``head``. ``blocks`` holds the signed header of every other block that
 committed one of those operator entries, with a consistency proof from its tree to the head's,
-so that a verifier knows the ledger time at which the certificates were checked.
+so that a verifier knows the ledger time at which the certificates were checked. On a
+consortium chain ``entries`` also holds every ``node_set_changed`` entry up to the head, and
+``blocks`` their blocks' headers: the verifier applies them in log order to know the node set
+in force at the head (and at each block), whose quorum certificate it then requires.
 
 This module builds bundles from a node's store (read-only connection); ledger_node.bundle_verify
 checks them with no store and no network.
@@ -37,6 +40,7 @@ from typing import Any, Final
 
 from ledger_node import entries as entry_types
 from ledger_node import proofs
+from ledger_node.admin import NODE_SET_CHANGED
 from ledger_node.errors import TamperError
 from ledger_node.heads import b64, head_json
 from ledger_node.proofs import BadProofRequest, NotInLog, SignedHead, StoredEntry
@@ -119,6 +123,11 @@ def build_bundle(conn: sqlite3.Connection, indices: Iterable[int], *,
                 raise TamperError(f"entry {e.index}", "operator entry does not decode")
             devices.add(dev)
     operator_blocks: set[int] = set()
+    for index, height in conn.execute(  # the node set in force at the head (ledger_node.quorum)
+            "SELECT idx, height FROM entries WHERE kind = ? AND idx < ? ORDER BY idx",
+            (NODE_SET_CHANGED, head.header.size)):
+        wanted.setdefault(int(index), proofs.entry(conn, int(index)))
+        operator_blocks.add(int(height))
     for dev in sorted(devices):
         history = proofs.device_history(conn, dev, size=head.header.size)
         if not history:
@@ -181,12 +190,16 @@ def bundle_for_entry(conn: sqlite3.Connection, index: int,
 def default_head(conn: sqlite3.Connection) -> int | None:
     """The height a bundle is proven against by default: the newest block on a solo chain
     (None), the newest final block on a consortium chain (BadProofRequest if none is)."""
-    from ledger_node.consortium.cstore import final_height, node_set_of
+    from ledger_node.consortium.cstore import final_height, node_set_history_of
+    from ledger_node.consortium.errors import QuorumError
 
-    ns = node_set_of(conn)
-    if ns is None or ns.size == 1:
+    try:
+        history = node_set_history_of(conn)
+    except (QuorumError, ValueError):  # WireError is a ValueError
         return None
-    height = final_height(conn, ns)
+    if not history.changes and history.latest.size == 1:
+        return None
+    height = final_height(conn, history)
     if height is None:
         raise BadProofRequest("no block of this consortium chain holds a quorum certificate "
                               "yet: there is no final head to prove against")

@@ -32,7 +32,11 @@ the node set must have signed the head (and each block) with the keys of their n
 certificates, which must chain to the bundle's fleet CA (role node, CN = the node id, checked
 at the genesis entry's time); every signature in the document must be by a node of the set
 and verify (`no_quorum`, `bad_node_signature`, `no_node_key`, `bad_node_set`). A solo chain's
-node set is its genesis node, quorum 1: as before.
+node set is its genesis node, quorum 1: as before. The node set changes by `node_set_changed`
+operator entries: the bundle carries each one up to its head with the header of its block,
+and they are applied in log order with the node's rules (ledger_node.quorum: checked at that
+block's ledger time, in force from the next block), so that the head and every block are
+checked against the set in force at their height.
 """
 
 from __future__ import annotations
@@ -51,14 +55,17 @@ from ledger_node import entries as entry_types
 from ledger_node.admin import (
     ADMIN_TYPES,
     BUSINESS_TYPES,
+    CONSORTIUM_TYPES,
     DEVICE_ENROLLED,
     DEVICE_REVOKED,
     DEVICE_ROTATED,
     HEADER_X5CHAIN,
+    NODE_SET_CHANGED,
     NOT_OPERATOR,
     AdminRejected,
     apply_operator_entry,
     decode_operator_entry,
+    decode_operator_entry_unchecked,
 )
 from ledger_node.bundle import BUNDLE_FORMAT, BUNDLE_VERSION
 from ledger_node.consortium.errors import QuorumError
@@ -75,7 +82,14 @@ from ledger_node.heads import (
     want,
 )
 from ledger_node.merkle import leaf_hash, verify_consistency, verify_inclusion
-from ledger_node.quorum import GENESIS_NODES, NodeSet, check_qc, node_set_from_genesis
+from ledger_node.quorum import (
+    GENESIS_NODES,
+    NodeSet,
+    NodeSetHistory,
+    check_qc,
+    node_set_change,
+    node_set_from_genesis,
+)
 from ledger_node.validate import BAD_SIGNATURE, REVOKED_DEVICE, UNKNOWN_DEVICE, DeviceState
 from ledger_node.world import AUDIT, NODE_ENTRY_TYPES, check_audit_entry
 from trustfleet import cbor
@@ -198,7 +212,9 @@ class _Verifier:
         self.pinned_ca = pinned_ca
         self.problems = report.problems
         self.node_set: NodeSet | None = None
-        """A consortium chain's node set (None: a solo chain)."""
+        """A consortium chain's genesis node set (None: a solo chain)."""
+        self.node_sets: NodeSetHistory | None = None
+        """... changed by the bundle's `node_set_changed` entries (ledger_node.quorum)."""
 
     def fail(self, reason: str, where: str, detail: str) -> None:
         self.problems.append(CheckFailed(reason, where, detail))
@@ -244,6 +260,7 @@ class _Verifier:
         genesis, against = self._genesis(entries, head, ca)
         keys = self._node_keys(genesis, node_certs, ca, head)
         self.node_set = self._consortium(genesis)
+        self.node_sets = self._node_set_changes(entries, proven, blocks, head, ca)
         self._head(head, keys)
         self.problems.extend(against)  # what the genesis says against the (checked) head
         spans = self._blocks(blocks, head, keys)
@@ -261,6 +278,8 @@ class _Verifier:
                 continue
             if kind == entry_types.KIND_READING:
                 readings.append(e)
+            elif kind in CONSORTIUM_TYPES:  # its node set: _node_set_changes
+                self._business_entry(e, ca, spans, kind)
             elif kind in ADMIN_TYPES:
                 self._operator_entry(e, ca, spans, devices)
             elif kind in BUSINESS_TYPES:
@@ -393,16 +412,65 @@ class _Verifier:
                              f"whose certificates the fleet CA issued")
         return ns
 
+    def _node_set_changes(self, entries: list[_Entry], proven: Mapping[int, _Entry],
+                          blocks: list[_Block], head: Head, ca: bytes) -> NodeSetHistory | None:
+        """The node set in force at each height: the genesis entry's, changed by the bundle's
+        `node_set_changed` entries in log order, each checked at the ledger time of the block
+        that holds it (whose header must be in the bundle) and in force from the next block.
+        The headers' own signatures are checked after, with the set this gives for them."""
+        if self.node_set is None:
+            return None
+        history = NodeSetHistory(((0, self.node_set),))
+        headers = sorted([b.head.header for b in blocks] + [head.header],
+                         key=lambda bh: bh.height)
+        for e in entries:
+            if e.index not in proven:
+                continue
+            try:
+                if entry_types.admin_kind(e.data) != NODE_SET_CHANGED:
+                    continue
+                body = decode_operator_entry_unchecked(e.data)
+            except ValueError:  # WireError is a ValueError; reported by the entry's check
+                continue
+            where = f"{e.where}, {NODE_SET_CHANGED}"
+            holder = next((bh for bh in headers if bh.first <= e.index < bh.size), None)
+            if holder is None:
+                self.fail("bad_node_set", where, "the header of the block that logged it is "
+                          "not in the bundle: the node set from then on cannot be known")
+                continue
+            try:
+                ns = node_set_change(body, ca, holder.time)
+                if holder.height + 1 == history.spans[-1][0]:  # several in one block
+                    history = NodeSetHistory((*history.spans[:-1], (holder.height + 1, ns)))
+                else:
+                    history = history.changed(holder.height, ns)
+            except QuorumError as exc:
+                reason = exc.reason if exc.reason.startswith("node_") else "bad_node_set"
+                self.fail(reason, where, exc.detail)
+                continue
+        at_head = history.at(head.header.height)
+        if history.changes:
+            report = self.report
+            report.key_source = (f"the quorum certificate of the node set in force at the head "
+                                 f"({at_head.quorum} of {at_head.size}: "
+                                 f"{', '.join(sorted(at_head.keys))}; the genesis entry's, "
+                                 f"changed in block(s) "
+                                 f"{', '.join(str(h) for h in history.changes)}), whose "
+                                 f"certificates the fleet CA issued")
+        return history
+
     def _signed(self, head: Head, keys: Mapping[str, bytes], where: str) -> str:
-        """Who signed a head: the proposer (solo chain) or a quorum (consortium chain)."""
+        """Who signed a head: the proposer (solo chain) or a quorum of the node set in force
+        at its height (consortium chain)."""
         if self.node_set is None:
             return check_head_signatures(head, keys, self.pinned_key, where)
+        ns = self.node_sets.at(head.header.height) if self.node_sets else self.node_set
         try:
-            qc = check_qc(self.node_set, head.header_bytes, head.signatures, strict=True)
+            qc = check_qc(ns, head.header_bytes, head.signatures, strict=True)
         except QuorumError as exc:
             raise CheckFailed(exc.reason, where, f"block {head.header.height}: "
                               f"{exc.detail}") from None
-        return f"{', '.join(qc.signers)} (a quorum of {qc.quorum} of {self.node_set.size})"
+        return f"{', '.join(qc.signers)} (a quorum of {qc.quorum} of {ns.size})"
 
     def _head(self, head: Head, keys: Mapping[str, bytes]) -> None:
         try:

@@ -24,8 +24,10 @@ from hsm.errors import CaCertificateInvalid
 from ledger_node import entries as entry_types
 from ledger_node.admin import (
     ADMIN_TYPES,
+    NODE_SET_CHANGED,
     AdminRejected,
     apply_operator_entry,
+    check_node_set_change,
     decode_operator_entry,
     decode_operator_entry_unchecked,
     is_operator_entry,
@@ -55,12 +57,15 @@ from ledger_node.validate import (
 )
 from ledger_node.world import AUDIT, CONTRACT_EVENT, World, check_audit_entry, event_entry
 from ledger_node.world_replay import reading_fact, replay_world
+from trustfleet.cose import is_plain_sign1
 from trustfleet.errors import BAD_PAYLOAD, WireError
 from trustfleet.topics import DeviceTopic, parse_up_topic, split_message
 
 log = logging.getLogger(__name__)
 
 QUARANTINE_RAW_LIMIT = 64 * 1024
+SPLIT_LIMIT = 1 << 20
+"""Largest `up` message split into envelopes (trustfleet.topics.split_message)."""
 
 
 @dataclass(frozen=True)
@@ -198,8 +203,9 @@ class Chain:
             else:
                 topic = topics[msg.topic] = parse_up_topic(msg.topic)
                 hint = hints[msg.topic] = key_hint(topic, view, at_ms=at_ms)
-            try:
-                envelopes = split_message(msg.payload)
+            try:  # one envelope in the layout devices write: what split_message gives
+                envelopes = [msg.payload] if is_plain_sign1(msg.payload, SPLIT_LIMIT) \
+                    else split_message(msg.payload, max_size=SPLIT_LIMIT)
             except WireError as exc:
                 slots.append((msg, msg.payload, topic, Rejected(exc.reason, exc.detail, None)))
                 continue
@@ -385,6 +391,11 @@ class Chain:
                                 "only a genesis entry may be written by a node")
         try:
             op = decode_operator_entry(entry, self.ca_cert, time)
+            if op.type == NODE_SET_CHANGED:  # in force from the next block (ledger_node.quorum)
+                genesis = self.store.entry(0)
+                check_node_set_change(op, entry_types.decode_admin(genesis) if genesis else None,
+                                      time)
+                return AdminOutcome(entry_hash, kind, ADMIN_ACCEPTED)
             if op.type not in ADMIN_TYPES:  # shipments and contracts
                 self.world.operator(op, index, height, time)
                 return AdminOutcome(entry_hash, kind, ADMIN_ACCEPTED)

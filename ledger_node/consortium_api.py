@@ -111,7 +111,7 @@ def create_router(db_path: Path, status: Callable[[], dict[str, Any]] | None = N
                                (height,)).fetchone()
             if row is None:
                 raise HTTPException(404, f"no block at height {height}")
-            ns = node_set_of(conn)
+            ns = node_set_of(conn, height)  # the set in force at that block
             sigs = [(n, bytes(s)) for n, s in conn.execute(
                 "SELECT node, sig FROM block_sigs WHERE height = ? ORDER BY node", (height,))]
         if ns is None:

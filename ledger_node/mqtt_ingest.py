@@ -11,9 +11,10 @@ the same interpreter lock as the apply thread.
 
 * `loop_read` reads what the socket has (64 KiB at a time) and frames every complete
   packet in it;
-* a PUBLISH of QoS 0 or 1 without v5 properties (what devices send) becomes an MQTTMessage
-  for `on_message` directly; the PUBACK is queued after the callback returns, exactly when
-  paho would send it, and consecutive PUBACKs leave in one `send`;
+* a PUBLISH of QoS 0 or 1 without v5 properties (what devices send) becomes a
+  ReceivedMessage (an MQTTMessage with its topic decoded once and no MQTTMessageInfo made
+  unless asked for) for `on_message` directly; the PUBACK is queued after the callback
+  returns, exactly when paho would send it, and consecutive PUBACKs leave in one `send`;
 * every other packet (CONNACK, SUBACK, PUBACKs for our receipts, PINGRESP, QoS 2, a
   PUBLISH with properties or a topic that is not UTF-8, ...) is handed to paho's own
   handler, unchanged.
@@ -29,13 +30,58 @@ from __future__ import annotations
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.client import MQTT_LOG_DEBUG, MQTT_LOG_ERR, MQTTErrorCode, MQTTMessage
+from paho.mqtt.client import (
+    MQTT_LOG_DEBUG,
+    MQTT_LOG_ERR,
+    MQTTErrorCode,
+    MQTTMessage,
+    MQTTMessageInfo,
+)
 from paho.mqtt.client import time_func as _time_func
 from paho.mqtt.exception import MalformedPacket
 
 PUBLISH = 0x30
 PUBACK = 0x40
 READ_SIZE = 64 * 1024
+
+
+_INFO_SLOT: Any = MQTTMessage.__dict__["info"]
+
+
+class ReceivedMessage(MQTTMessage):
+    """A PUBLISH as received on the fast path: an MQTTMessage whose topic is decoded once,
+    and whose `info` (an MQTTMessageInfo, with a threading.Condition, which only a message
+    being sent uses) is made only if asked for. Everything else is paho's."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, mid: int, topic: bytes, text: str, payload: bytes, qos: int,
+                 retain: bool, dup: bool, timestamp: float) -> None:
+        # MQTTMessage.__init__'s fields, set once each (no MQTTMessageInfo made here)
+        self.timestamp, self.state, self.dup, self.mid = timestamp, mqtt.mqtt_ms_invalid, dup, mid
+        self._topic, self._text, self.payload = topic, text, payload
+        self.qos, self.retain, self.properties = qos, retain, None
+
+    @property
+    def topic(self) -> str:
+        return self._text
+
+    @topic.setter
+    def topic(self, value: bytes) -> None:
+        self._topic, self._text = value, value.decode("utf-8")
+
+    @property
+    def info(self) -> MQTTMessageInfo:
+        try:
+            got: MQTTMessageInfo = _INFO_SLOT.__get__(self, MQTTMessage)
+        except AttributeError:
+            got = MQTTMessageInfo(self.mid)
+            _INFO_SLOT.__set__(self, got)
+        return got
+
+    @info.setter
+    def info(self, value: MQTTMessageInfo) -> None:
+        _INFO_SLOT.__set__(self, value)
 
 
 class IngestClient(mqtt.Client):
@@ -137,13 +183,11 @@ class IngestClient(mqtt.Client):
         if not topic:
             return False
         try:
-            topic.decode("utf-8")
+            text = topic.decode("utf-8")
         except UnicodeDecodeError:
             return False
-        message = MQTTMessage(mid=mid, topic=topic)
-        message.payload = body[pos:]
-        message.qos, message.retain, message.dup = qos, bool(command & 1), bool(command & 8)
-        message.timestamp = _time_func()
+        message = ReceivedMessage(mid, topic, text, body[pos:], qos, bool(command & 1),
+                                  bool(command & 8), _time_func())
         with self._callback_mutex:
             on_message = self.on_message
         if on_message:

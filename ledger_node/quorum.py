@@ -16,6 +16,19 @@ A block is **final** when more than two thirds of the node set signed its header
 (ES256, raw r||s): `quorum(n) = floor(2n/3) + 1` signatures (1 of 1, 3 of 3, 3 of 4, 5 of 7).
 Those signatures are its **quorum certificate** (QC). A QC on block h also vouches for
 every block before it (each header names the previous one's hash).
+
+The node set **changes** by an operator entry (ledger_node.admin, checked at the ledger time
+of the block that carries it, like every operator entry):
+
+    {"v": 1, "type": "node_set_changed", "nodes": [{"node": id, "cert": DER}, ...], "t": ms}
+
+with the same rules for `nodes` as the genesis entry's (1 to MAX_NODES, ids unique, each
+certificate role `node` with CN = id; in any order, the set is kept sorted by id). It only
+applies to a consortium chain (a genesis entry with `nodes`). The new set is **in force from
+the block after** the one that carries the entry: block h, which carries the change, is still
+certified by the old set (its signers decided it); blocks h+1, ... by the new one.
+`NodeSetHistory` answers "which set certifies block h" from the genesis entry and the
+changes in log order (`node_set_history`); every checker uses it.
 """
 
 from __future__ import annotations
@@ -30,11 +43,13 @@ from ledger_node.consortium.errors import QuorumError
 from trustfleet import cbor
 from trustfleet.topics import check_name
 
-__all__ = ["GENESIS_NODES", "NodeSet", "QuorumCertificate", "block_signatures_problem",
-           "check_qc", "consortium_genesis", "genesis_keys", "node_set_from_genesis",
-           "quorum_size", "tally"]
+__all__ = ["GENESIS_NODES", "NODE_SET_CHANGED", "NodeSet", "NodeSetHistory",
+           "QuorumCertificate", "block_signatures_problem", "check_qc", "consortium_genesis",
+           "genesis_keys", "node_set_change", "node_set_from_genesis", "node_set_from_listing",
+           "node_set_history", "quorum_size", "tally"]
 
 GENESIS_NODES: Final = "nodes"
+NODE_SET_CHANGED: Final = "node_set_changed"
 MAX_NODES: Final = 100
 
 
@@ -101,6 +116,19 @@ def node_set_from_genesis(rec: Mapping[str, Any], at_ms: int) -> NodeSet:
     ca = rec.get("ca")
     if not isinstance(ca, bytes):
         raise QuorumError("bad_node_set", "a node set needs the genesis entry's fleet CA")
+    ns = node_set_from_listing(listed, ca, at_ms, sorted_ids=True)
+    keys = ns.keys
+    if keys.get(node) != node_key:
+        raise QuorumError("bad_node_set", f"the genesis node {node!r} is not in the node set "
+                          "with the key the genesis entry gives it")
+    return ns
+
+
+def node_set_from_listing(listed: object, ca: bytes, at_ms: int, *,
+                          sorted_ids: bool = False) -> NodeSet:
+    """The node set a `nodes` listing ([{node, cert}]) names, every certificate checked
+    against the fleet CA `ca` at ledger time `at_ms`; `sorted_ids`: the listing must be
+    sorted by id (the genesis entry's). Raises QuorumError (`bad_node_set`, `node_<reason>`)."""
     if not isinstance(listed, list) or not 1 <= len(listed) <= MAX_NODES:
         raise QuorumError("bad_node_set", f"nodes must be a list of 1 to {MAX_NODES}")
     keys: dict[str, bytes] = {}
@@ -125,12 +153,73 @@ def node_set_from_genesis(rec: Mapping[str, Any], at_ms: int) -> NodeSet:
                               f"{exc}") from None
         keys[nid] = info.spki_der
         certs[nid] = item["cert"]
-    if [n for n, _ in sorted(keys.items())] != list(keys):
+    if sorted_ids and sorted(keys) != list(keys):
         raise QuorumError("bad_node_set", "nodes must be sorted by id")
-    if keys.get(node) != node_key:
-        raise QuorumError("bad_node_set", f"the genesis node {node!r} is not in the node set "
-                          "with the key the genesis entry gives it")
-    return NodeSet(keys, frozenset(keys), certs)
+    ordered = sorted(keys)
+    return NodeSet({n: keys[n] for n in ordered}, frozenset(keys), {n: certs[n] for n in ordered})
+
+
+def node_set_change(body: Mapping[str, Any], ca: bytes, at_ms: int) -> NodeSet:
+    """The node set a `node_set_changed` payload names, checked at `at_ms` (the ledger time
+    of the block that carries it). Raises QuorumError."""
+    if body.get("type") != NODE_SET_CHANGED:
+        raise QuorumError("bad_node_set", f"not a {NODE_SET_CHANGED} entry")
+    return node_set_from_listing(body.get(GENESIS_NODES), ca, at_ms)
+
+
+@dataclass(frozen=True)
+class NodeSetHistory:
+    """The node set in force at each height: `spans` is ((first height, set), ...), ascending
+    by first height, the first from height 0 (the genesis entry's set)."""
+
+    spans: tuple[tuple[int, NodeSet], ...]
+
+    def at(self, height: int) -> NodeSet:
+        """The set that certifies block `height`."""
+        found = self.spans[0][1]
+        for first, ns in self.spans:
+            if first > height:
+                break
+            found = ns
+        return found
+
+    @property
+    def latest(self) -> NodeSet:
+        """The set in force for the next block to be cut."""
+        return self.spans[-1][1]
+
+    @property
+    def changes(self) -> tuple[int, ...]:
+        """The heights of the blocks that carry a change (each in force one block later)."""
+        return tuple(first - 1 for first, _ in self.spans[1:])
+
+    def changed(self, carried_at: int, ns: NodeSet) -> NodeSetHistory:
+        """This history with `ns` in force from the block after `carried_at`."""
+        first = carried_at + 1
+        if first <= self.spans[-1][0]:
+            raise QuorumError("bad_node_set", f"a change at block {carried_at} is not after "
+                              f"the last one (in force from {self.spans[-1][0]})")
+        return NodeSetHistory((*self.spans, (first, ns)))
+
+
+def node_set_history(genesis: Mapping[str, Any], genesis_time: int,
+                     changes: Iterable[tuple[Mapping[str, Any], int, int]]) -> NodeSetHistory:
+    """The history from a decoded genesis entry (block 0's ledger time `genesis_time`) and
+    the `node_set_changed` payloads as (body, height of its block, that block's ledger time),
+    in log order; several changes in one block: the last one wins. Raises QuorumError (a
+    change on a chain without a node set is `bad_node_set`)."""
+    history = NodeSetHistory(((0, node_set_from_genesis(genesis, genesis_time)),))
+    ca = genesis.get("ca")
+    for body, height, time in changes:
+        if genesis.get(GENESIS_NODES) is None or not isinstance(ca, bytes):
+            raise QuorumError("bad_node_set", "a node set can only change on a consortium "
+                              "chain (a genesis entry with nodes)")
+        ns = node_set_change(body, ca, time)
+        if history.spans[-1][0] == height + 1:
+            history = NodeSetHistory((*history.spans[:-1], (height + 1, ns)))
+        else:
+            history = history.changed(height, ns)
+    return history
 
 
 @dataclass
@@ -192,14 +281,17 @@ def genesis_keys(rec: Mapping[str, Any], at_ms: int, pinned: bytes | None = None
 
 def block_signatures_problem(header_bytes: bytes, proposer: str,
                              sigs: Sequence[tuple[str, bytes]], keys: Mapping[str, bytes],
-                             pinned: bytes | None = None) -> str | None:
-    """What is wrong with a stored block's signatures (None: nothing).
+                             pinned: bytes | None = None, *,
+                             consortium: bool | None = None) -> str | None:
+    """What is wrong with a stored block's signatures (None: nothing); `keys` are those of
+    the node set in force at the block (NodeSetHistory.at).
 
     A solo chain (one key): the proposer's signature must verify, with `pinned` if given.
     A consortium chain: every stored signature must be by a node of the set and verify, and
     there must be at least one (a node signs every block it applies; the others' signatures
-    arrive as they sign)."""
-    if len(keys) <= 1:
+    arrive as they sign). `consortium`: which of the two (None: a consortium if more than one
+    key; a consortium whose set changed to one node is still one)."""
+    if not (len(keys) > 1 if consortium is None else consortium):
         key = pinned or keys.get(proposer)
         if key is None:
             return f"no key known for proposer {proposer!r}"

@@ -30,8 +30,9 @@ from ledger_node.block import ZERO_HASH, BlockHeader, block_hash, decode_header
 from ledger_node.consortium.errors import QuorumError
 from ledger_node.errors import ConfigError, LedgerError, ProofError, TamperError
 from ledger_node.merkle import CompactRange, leaf_hash, perfect_subtrees
-from ledger_node.quorum import block_signatures_problem, genesis_keys
+from ledger_node.quorum import GENESIS_NODES, block_signatures_problem, genesis_keys
 from ledger_node.subtrees import append_leaves
+from trustfleet.errors import WireError
 
 __all__ = ["check_tip"]
 
@@ -102,18 +103,32 @@ def _check_signature(conn: sqlite3.Connection, header: BlockHeader, header_bytes
     genesis = conn.execute("SELECT data FROM entries WHERE idx = 0").fetchone()
     time0 = conn.execute("SELECT time FROM blocks WHERE height = 0").fetchone()
     keys: dict[str, bytes] = {}
+    nodes = False
+    consortium: bool | None = None  # one key and never changed: checked as a solo chain
     if genesis is not None:
         try:
             rec = entry_types.decode_admin(bytes(genesis[0]))
             keys = genesis_keys(rec, int(time0[0]) if time0 else header.time)
+            nodes = rec.get(GENESIS_NODES) is not None
         except (ValueError, KeyError, TypeError):
             raise TamperError("entry 0", "genesis entry does not decode") from None
         except QuorumError as exc:
             raise TamperError("entry 0", f"genesis entry's node set: {exc}") from None
+    if nodes:  # the set in force at the tip (node_set_changed entries: ledger_node.quorum)
+        from ledger_node.consortium.cstore import node_set_history_of
+
+        try:
+            history = node_set_history_of(conn)
+            keys = dict(history.at(header.height).keys)
+            consortium = True if history.changes else None
+        except (ValueError, WireError) as exc:
+            raise TamperError("node_set_changed entries", f"do not decode: {exc}") from None
+        except QuorumError as exc:
+            raise TamperError("node_set_changed entries", f"node set: {exc}") from None
     if keys.get(node_id, node_key) != node_key:
         raise ConfigError(f"this node's HSM key is not the key the genesis entry gives node "
                           f"{node_id!r}: wrong token for this store?")
-    if len(keys) > 1 and node_id in keys and header.proposer != node_id:
+    if (len(keys) > 1 or consortium) and node_id in keys and header.proposer != node_id:
         # A consortium chain: this node signed every block it applied; the proposer's own
         # signature may not have reached it yet. Every signature stored must verify.
         own = conn.execute("SELECT sig FROM block_sigs WHERE height = ? AND node = ?",
@@ -124,7 +139,8 @@ def _check_signature(conn: sqlite3.Connection, header: BlockHeader, header_bytes
     sigs = [(r[0], bytes(r[1])) for r in conn.execute(
         "SELECT node, sig FROM block_sigs WHERE height = ?", (header.height,))]
     problem = block_signatures_problem(header_bytes, header.proposer, sigs, keys,
-                                       node_key if header.proposer == node_id else None)
+                                       node_key if header.proposer == node_id else None,
+                                       consortium=consortium)
     if problem is not None:
         raise TamperError(where, problem)
 

@@ -32,8 +32,10 @@ from hsm import verify_es256
 from ledger_node import entries as entry_types
 from ledger_node.admin import (
     ADMIN_TYPES,
+    NODE_SET_CHANGED,
     AdminRejected,
     apply_operator_entry,
+    check_node_set_change,
     decode_operator_entry,
 )
 from ledger_node.block import ZERO_HASH, BlockHeader, block_hash, decode_header
@@ -93,6 +95,11 @@ class _Walk:
     admin: dict[str, DeviceState] = field(default_factory=dict)
     """Device states as the operator entries so far leave them (keys, revocation)."""
     proposer_keys: dict[str, bytes] = field(default_factory=dict)
+    """The keys of the node set in force at the block being checked (ledger_node.quorum)."""
+    genesis: dict[str, Any] | None = None
+    next_keys: dict[str, bytes] | None = None
+    """The node set a `node_set_changed` entry of this block puts in force from the next."""
+    changed: bool = False
     replay: LogReplay = field(default_factory=LogReplay)
 
     def admitted(self, state: DeviceState) -> None:
@@ -187,10 +194,13 @@ def _block(conn: sqlite3.Connection, header: BlockHeader, header_bytes: bytes,
                        "header (an entry was changed, added or removed)")
     sigs = [(r[0], bytes(r[1])) for r in conn.execute(
         "SELECT node, sig FROM block_sigs WHERE height = ?", (height,))]
-    problem = block_signatures_problem(header_bytes, header.proposer, sigs,
-                                       walk.proposer_keys, walk.node_key)
+    problem = block_signatures_problem(
+        header_bytes, header.proposer, sigs, walk.proposer_keys, walk.node_key,
+        consortium=True if walk.changed else None)
     if problem is not None:  # a consortium chain: every node of its set (ledger_node.quorum)
         return where, problem
+    if walk.next_keys is not None:  # in force from the next block
+        walk.proposer_keys, walk.next_keys, walk.changed = walk.next_keys, None, True
     index.readings(header.first, header.count, expected_rows)
     index.merkle_nodes(nodes)
     return after
@@ -212,6 +222,7 @@ def _check_entry(idx: int, data: bytes, header: BlockHeader,
         except QuorumError as exc:
             return f"genesis entry: {exc}"
         walk.ca_cert = rec.get("ca")
+        walk.genesis = rec
     elif kind == entry_types.KIND_READING:
         try:
             msg = open_reading(data)  # a single envelope, or a batched reading and its proof
@@ -248,6 +259,9 @@ def _check_entry(idx: int, data: bytes, header: BlockHeader,
     else:
         try:
             op = decode_operator_entry(data, walk.ca_cert, header.time)
+            if op.type == NODE_SET_CHANGED:
+                walk.next_keys = dict(check_node_set_change(op, walk.genesis, header.time).keys)
+                return kind, None
             if op.type not in ADMIN_TYPES:
                 return kind, None  # shipments and contracts: checked by _check_world
             applied = apply_operator_entry(op, walk.admin, walk.ca_cert or b"", header.height,

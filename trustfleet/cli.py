@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hsm import cli as hsm_cli
     from ledger_node import business_cli, device_cli, token_cli
     from ledger_node import cli as node_cli
+    from ledger_node.consortium import cli as consortium_cli
     from trustfleet import launcher
 
     parser = argparse.ArgumentParser(
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     node_cli.register(sub)
     device_cli.register(sub)
     business_cli.register(sub)
+    consortium_cli.register(sub)
     token_cli.add_token_parser(sub)
     agent_cli.register(sub)
     hsm_cli.register(sub)

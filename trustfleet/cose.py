@@ -124,6 +124,32 @@ def _sign1_fast(data: bytes, max_size: int) -> Sign1 | None:
     the generic decoder. None for anything else, which then takes the generic path: when
     this returns a Sign1, `sign1_from_item(cbor.loads_strict(data))` returns the same one.
     """
+    parts = sign1_parts(data, max_size)
+    return None if parts is None else Sign1(*parts)
+
+
+def sign1_parts(data: bytes, max_size: int = 64 * 1024
+                ) -> tuple[bytes, bytes, bytes, bytes] | None:
+    """(protected, kid, payload, signature) of an envelope in the layout `_sign1_fast` takes
+    apart, as `decode_sign1` would give them, without making a Sign1; None for anything
+    else (then `decode_sign1` decides)."""
+    found = _layout(data, max_size)
+    if found is None:
+        return None
+    head, start, end = found
+    return data[head + 2:head + 40], data[head + 8:head + 40], data[start:end], data[end + 2:]
+
+
+def is_plain_sign1(data: bytes, max_size: int = 64 * 1024) -> bool:
+    """True if `data` is exactly one envelope in the layout we write (see `_sign1_fast`):
+    then it is one well-formed CBOR item, a COSE_Sign1 whose fields have the right types,
+    checked without decoding it (the payload's contents are not looked at)."""
+    return _layout(data, max_size) is not None
+
+
+def _layout(data: bytes, max_size: int) -> tuple[int, int, int] | None:
+    """(where the protected header's bstr starts, where the payload starts, where it ends)
+    of an envelope in the layout `_sign1_fast` takes apart; None for anything else."""
     n = len(data)
     if n > max_size or type(data) is not bytes:
         return None
@@ -133,25 +159,24 @@ def _sign1_fast(data: bytes, max_size: int) -> Sign1 | None:
         i = 1
     else:
         return None
+    head = i
     if data[i:i + 8] != _PROTECTED_HEAD or n < i + 41 or data[i + 40] != 0xA0:
         return None
-    protected, kid = data[i + 2:i + 40], data[i + 8:i + 40]
     i += 41
     if n <= i + 2:
         return None
-    head = data[i]  # the payload's byte string head, in its shortest form
-    if 0x40 <= head <= 0x57:
-        size, i = head - 0x40, i + 1
-    elif head == 0x58 and data[i + 1] >= 24:
+    first = data[i]  # the payload's byte string head, in its shortest form
+    if 0x40 <= first <= 0x57:
+        size, i = first - 0x40, i + 1
+    elif first == 0x58 and data[i + 1] >= 24:
         size, i = data[i + 1], i + 2
-    elif head == 0x59 and int.from_bytes(data[i + 1:i + 3], "big") >= 0x100:
+    elif first == 0x59 and int.from_bytes(data[i + 1:i + 3], "big") >= 0x100:
         size, i = int.from_bytes(data[i + 1:i + 3], "big"), i + 3
     else:
         return None
     if n != i + size + 2 + SIGNATURE_SIZE or data[i + size:i + size + 2] != _SIGNATURE_HEAD:
         return None
-    return Sign1(protected=protected, kid=kid, payload=data[i:i + size],
-                 signature=data[i + size + 2:])
+    return head, i, i + size
 
 
 def sign1_from_item(item: object) -> Sign1:

@@ -10,7 +10,9 @@ differ in what a verifier sees.
 from __future__ import annotations
 
 import io
+import math
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -92,13 +94,17 @@ def _decode_fast(data: bytes) -> Reading | None:
     if type(data) is not bytes or len(data) > _MAX_PAYLOAD or data[:3] != _HEAD_D:
         return None
     try:
-        fp = io.BytesIO(data)
-        fp.seek(3)
-        d = cbor2.CBORDecoder(fp).decode()
-        i = fp.tell()
-        if type(d) is not dict or cbor.dumps(d) != data[3:i]:
-            return None
-        _check_values(d)
+        scanned = _scan_d(data)
+        if scanned is not None:
+            d, i = scanned
+        else:  # a `d` of another shape: the generic decoder, and its encoding checked
+            fp = io.BytesIO(data)
+            fp.seek(3)
+            d = cbor2.CBORDecoder(fp).decode()
+            i = fp.tell()
+            if type(d) is not dict or cbor.dumps(d) != data[3:i]:
+                return None
+            _check_values(d)
         if data[i:i + 2] != _KEY_K:
             return None
         k, i = _text(data, i + 2)
@@ -117,12 +123,77 @@ def _decode_fast(data: bytes) -> Reading | None:
         if data[i:i + 7] != _KEY_PREV or len(data) != i + 39:
             return None
     except (WireError, cbor2.CBORDecodeError, ValueError, TypeError, IndexError,
-            OverflowError, RecursionError):
+            OverflowError, RecursionError, struct.error):
         return None
     if not (DEVICE_ID_RE.fullmatch(dev) and 1 <= seq <= MAX_SEQ and t < 1 << 53
             and ts in TIME_SOURCES and KIND_RE.fullmatch(k)):
         return None
     return Reading(v=1, dev=dev, seq=seq, prev=data[i + 7:], t=t, ts=ts, k=k, d=d)
+
+
+_F16: Final = struct.Struct(">e")
+_F32: Final = struct.Struct(">f")
+_F64: Final = struct.Struct(">d")
+
+
+def _scan_d(data: bytes) -> tuple[dict[str, Any], int] | None:
+    """`d` at offset 3 in its common shape, read without the generic decoder: at most 23
+    pairs, keys of 1 to 23 UTF-8 bytes in strictly increasing order of their encodings,
+    values null, booleans, integers, text of at most 255 bytes and finite floats, each in
+    its deterministic (shortest) encoding. Returns `d` and where it ends, or None for
+    anything else (then the generic decoder and re-encoding decide). What it returns is
+    what `cbor2` decodes, and passes `_check_values`: the counts and sizes accepted here are
+    within its limits and NaN is not accepted."""
+    count = data[3] - 0xA0
+    if not 0 <= count <= 23:
+        return None
+    d: dict[str, Any] = {}
+    i, last = 4, b""
+    for _ in range(count):
+        size = data[i] - 0x60
+        if not 1 <= size <= 23:
+            return None
+        end = i + 1 + size
+        key = data[i:end]
+        if len(key) != size + 1 or key <= last:  # sorted, no duplicates (RFC 8949 4.2.1)
+            return None
+        last = key
+        head, i = data[end], end + 1
+        value: Any
+        if head <= 0x1B or 0x20 <= head <= 0x3B:  # unsigned or negative integer
+            value, i = _uint(data, end) if head <= 0x1B else _uint(data, end, 0x20)
+            if head >= 0x20:
+                value = -1 - value
+        elif 0x60 <= head <= 0x78:  # text
+            value, i = _text(data, end)
+        elif head == 0xF9:  # half: always the shortest form of its value (NaN: generic path)
+            value, i = _F16.unpack_from(data, i)[0], i + 2
+            if value != value:
+                return None
+        elif head == 0xFA:  # single: shortest if a half cannot hold it exactly
+            value, i = _F32.unpack_from(data, i)[0], i + 4
+            if not math.isfinite(value) or _fits(_F16, value):
+                return None
+        elif head == 0xFB:  # double: shortest if a single cannot hold it exactly
+            value, i = _F64.unpack_from(data, i)[0], i + 8
+            if not math.isfinite(value) or _fits(_F32, value):
+                return None
+        elif 0xF4 <= head <= 0xF6:
+            value = (False, True, None)[head - 0xF4]
+        else:
+            return None
+        d[key[1:].decode("utf-8")] = value
+    if i > len(data):
+        return None
+    return d, i
+
+
+def _fits(fmt: struct.Struct, value: float) -> bool:
+    """True if `value` is exactly representable in the narrower float format `fmt`."""
+    try:
+        return bool(fmt.unpack(fmt.pack(value))[0] == value)
+    except OverflowError:
+        return False
 
 
 def _text(data: bytes, i: int) -> tuple[str, int]:
@@ -139,9 +210,10 @@ def _text(data: bytes, i: int) -> tuple[str, int]:
     return data[start:end].decode("utf-8"), end
 
 
-def _uint(data: bytes, i: int) -> tuple[int, int]:
-    """An unsigned integer in its shortest encoding at i, and where it ends."""
-    head = data[i]
+def _uint(data: bytes, i: int, major: int = 0) -> tuple[int, int]:
+    """An unsigned integer in its shortest encoding at i, and where it ends (`major` 0x20:
+    the argument of a negative integer, in the same encoding)."""
+    head = data[i] - major
     if head < 24:
         return head, i + 1
     if 24 <= head <= 27:

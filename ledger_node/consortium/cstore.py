@@ -31,8 +31,9 @@ from typing import Final
 
 from ledger_node.consortium.errors import QuorumError
 from ledger_node.quarantine import QuarantineLimits
-from ledger_node.quorum import NodeSet
+from ledger_node.quorum import NodeSet, NodeSetHistory
 from ledger_node.store import BlockRecord, QuarantineRow, Store
+from trustfleet.errors import WireError
 
 REVISION_KEY: Final = "consortium_revision"
 
@@ -191,24 +192,39 @@ def evidence(conn: sqlite3.Connection, limit: int = 100) -> list[Evidence]:
                      *(bytes(v) if v is not None else None for v in r[6:10])) for r in rows]
 
 
-def node_set_of(conn: sqlite3.Connection) -> NodeSet | None:
-    """The node set the store's genesis entry names (None before genesis, or unusable)."""
+def node_set_history_of(conn: sqlite3.Connection) -> NodeSetHistory:
+    """The node set history of the store's chain: the genesis entry's set and every committed
+    `node_set_changed` entry, in log order (ledger_node.quorum). Raises QuorumError (also
+    before genesis), ValueError or WireError if a committed entry does not decode."""
     from ledger_node import entries as entry_types
-    from ledger_node.quorum import node_set_from_genesis
+    from ledger_node.admin import NODE_SET_CHANGED, decode_operator_entry_unchecked
+    from ledger_node.quorum import node_set_history
 
     row = conn.execute("SELECT e.data, b.time FROM entries e JOIN blocks b ON b.height = 0 "
                        "WHERE e.idx = 0").fetchone()
     if row is None:
-        return None
+        raise QuorumError("bad_node_set", "the store has no genesis entry yet")
+    changes = [(decode_operator_entry_unchecked(bytes(d)), int(h), int(t)) for d, h, t in
+               conn.execute("SELECT e.data, e.height, b.time FROM entries e JOIN blocks b "
+                            "ON b.height = e.height WHERE e.kind = ? ORDER BY e.idx",
+                            (NODE_SET_CHANGED,))]
+    return node_set_history(entry_types.decode_admin(bytes(row[0])), int(row[1]), changes)
+
+
+def node_set_of(conn: sqlite3.Connection, height: int | None = None) -> NodeSet | None:
+    """The node set in force at block `height` (None: for the next block to be cut) of the
+    store's chain (None before genesis, or unusable)."""
     try:
-        return node_set_from_genesis(entry_types.decode_admin(bytes(row[0])), int(row[1]))
-    except (QuorumError, ValueError):
+        history = node_set_history_of(conn)
+    except (QuorumError, ValueError, WireError):
         return None
+    return history.latest if height is None else history.at(height)
 
 
-def final_height(conn: sqlite3.Connection, node_set: NodeSet, scan: int = 2000) -> int | None:
-    """The newest block whose stored signatures hold a quorum certificate (None: none among
-    the newest `scan` blocks)."""
+def final_height(conn: sqlite3.Connection, node_set: NodeSet | NodeSetHistory,
+                 scan: int = 2000) -> int | None:
+    """The newest block whose stored signatures hold a quorum certificate of the node set in
+    force at it (None: none among the newest `scan` blocks)."""
     from ledger_node.quorum import tally
 
     top = conn.execute("SELECT MAX(height) FROM blocks").fetchone()[0]
@@ -219,7 +235,8 @@ def final_height(conn: sqlite3.Connection, node_set: NodeSet, scan: int = 2000) 
                               (height,)).fetchone()
         sigs = [(r[0], bytes(r[1])) for r in conn.execute(
             "SELECT node, sig FROM block_sigs WHERE height = ?", (height,))]
-        if len(sigs) >= node_set.quorum and \
-                len(tally(node_set, bytes(header[0]), sigs).valid) >= node_set.quorum:
+        ns = node_set.at(height) if isinstance(node_set, NodeSetHistory) else node_set
+        if len(sigs) >= ns.quorum and \
+                len(tally(ns, bytes(header[0]), sigs).valid) >= ns.quorum:
             return height
     return None

@@ -37,6 +37,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ledger_node.admin import NODE_SET_CHANGED
 from ledger_node.block import block_hash
 from ledger_node.chain import ApplyResult, Message, OrderedBatch
 from ledger_node.consortium.codec import (
@@ -57,6 +58,7 @@ from ledger_node.consortium.cstore import (
     EQUIVOCATION,
     TIME_REFUSED,
     ConsortiumStore,
+    node_set_history_of,
 )
 from ledger_node.consortium.errors import (
     BatchDecodeError,
@@ -67,7 +69,7 @@ from ledger_node.consortium.errors import (
 )
 from ledger_node.consortium.etcd import EtcdClient, WatchEvent, prefix_end
 from ledger_node.ordering import wall_clock_ms
-from ledger_node.quorum import NodeSet, node_set_from_genesis
+from ledger_node.quorum import NodeSet, NodeSetHistory
 from ledger_node.store import QuarantineRow
 from trustfleet.errors import TOO_LARGE
 from trustfleet.receipt import Receipt
@@ -112,7 +114,7 @@ class Consortium:
         self.store: ConsortiumStore = store
         self.keys = Keys(cfg.etcd_prefix, cfg.chain)
         self.etcd = client or EtcdClient(cfg.etcd_endpoint_list)
-        self.node_set: NodeSet | None = None
+        self.node_sets: NodeSetHistory | None = None
         self.stop_event = threading.Event()
         self._events: queue.Queue[_Queued] = queue.Queue(QUEUE_EVENTS)
         self._sig_events: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
@@ -142,16 +144,23 @@ class Consortium:
 
     # -- start and stop -------------------------------------------------------------------------
 
+    @property
+    def node_set(self) -> NodeSet | None:
+        """The node set in force for the next block (None before genesis)."""
+        return self.node_sets.latest if self.node_sets is not None else None
+
+    def _set_at(self, height: int) -> NodeSet | None:
+        """The node set that certifies block `height` (ledger_node.quorum.NodeSetHistory)."""
+        return self.node_sets.at(height) if self.node_sets is not None else None
+
     def _load_node_set(self) -> None:
+        """(Re)read the node set history from the store: at start, after genesis, and after
+        a block that carries a `node_set_changed` entry (in force from the next block)."""
         genesis = self.store.entry(0)
         tip = self.store.tip()
         if genesis is None:
             return
-        from ledger_node import entries
-
-        time0 = self.store.conn.execute("SELECT time FROM blocks WHERE height = 0").fetchone()
-        self.node_set = node_set_from_genesis(entries.decode_admin(genesis),
-                                              int(time0[0]) if time0 else 0)
+        self.node_sets = node_set_history_of(self.store.conn)
         if tip is not None:
             for h in range(max(0, tip.height - 200), tip.height + 1):
                 self._count_votes(h)
@@ -417,6 +426,12 @@ class Consortium:
             self.node._last_block = time.monotonic()
             if self.node_set is None and height_before < 0:
                 self._load_node_set()
+            elif any(a.kind == NODE_SET_CHANGED and a.status == "accepted"
+                     for a in result.admin):
+                self._load_node_set()
+                log.info("block %d changes the node set: from block %d it is %s",
+                         result.header.height, result.header.height + 1,
+                         ", ".join(self.node_set.keys) if self.node_set else "?")
             self._signed_block(result, batch, item)
         with self._lock:
             proposal = self._mine.pop(ev.revision, None)
@@ -497,7 +512,12 @@ class Consortium:
             self._to_post = posting + self._to_post
 
     def _on_signature(self, node: str, height: int, header: bytes, sig: bytes) -> None:
-        ns = self.node_set
+        if height > self.node.chain.height:
+            # Not applied yet: the node set in force there may still change; check it then.
+            if len(self._early) < MAX_PENDING_HEIGHTS or height in self._early:
+                self._early.setdefault(height, []).append((node, header, sig))
+            return
+        ns = self._set_at(height)
         if ns is None or node not in ns.keys:
             if ns is not None:
                 log.warning("signature by %r, which is not in the node set: ignored", node)
@@ -547,7 +567,7 @@ class Consortium:
                                 (ours, None), (theirs, None))
 
     def _count_votes(self, height: int) -> None:
-        ns = self.node_set
+        ns = self._set_at(height)
         header = self.store.header(height)
         if ns is None or header is None:
             return
@@ -556,8 +576,8 @@ class Consortium:
                 self._vote(height, node, publish=False)
 
     def _vote(self, height: int, node: str, *, publish: bool = True) -> None:
-        ns = self.node_set
-        if ns is None or height <= self.final_height:
+        ns = self._set_at(height)
+        if ns is None or node not in ns.keys or height <= self.final_height:
             return
         votes = self._votes.setdefault(height, set())
         votes.add(node)
@@ -616,8 +636,7 @@ class Consortium:
                 delay = min(delay * 2, 30.0)
                 continue
             self.applied_revision = self.store.applied_revision()
-            if self.node_set is None:
-                self._load_node_set()
+            self._load_node_set()  # the blocks caught up may have changed the node set
             for h in range(max(0, self.node.chain.height - 50), self.node.chain.height + 1):
                 self._count_votes(h)
             log.info("caught up: %s; following etcd from revision %d", report,

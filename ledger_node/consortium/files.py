@@ -43,6 +43,8 @@ def _read(path: Path, what: str) -> Any:
         return json.loads(raw)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{what} {path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {path}: JSON nested too deeply") from None
 
 
 def read_node_set(path: Path) -> list[tuple[str, bytes]]:
