@@ -205,10 +205,7 @@ class World:
         self._collect(self.engine.on_time(time))
 
     def _collect(self, events: list[ContractEvent]) -> None:
-        for event in events:
-            self._events.append(event)
-            if event.shipment is not None:
-                self._touched_shipments.add(event.shipment)
+        self._events.extend(events)
 
     def take_events(self) -> list[ContractEvent]:
         events, self._events = self._events, []
@@ -219,10 +216,14 @@ class World:
         if event.shipment is None:
             return
         shipment = self.book.get(event.shipment)
-        before = shipment.state if shipment is not None else None
+        if shipment is None:
+            return
+        before, rev = shipment.state, shipment.rev
         self.book.apply_event(event.to_map(), time)  # state moves and custody; refused moves
         after = self.book.get(event.shipment)        # are skipped, never raised
-        if after is not None and after.state != before:
+        if after is None or after.rev == rev:
+            return  # the shipment's document did not change: no row to rewrite
+        if after.state != before:
             self._history.setdefault(event.shipment, []).append(
                 {"at": time, "state": after.state, "cause": index})
         self._touched_shipments.add(event.shipment)
