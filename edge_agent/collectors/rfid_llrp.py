@@ -191,6 +191,11 @@ class _Session(LLRPReaderClient):  # type: ignore[misc]
         self.hard_disconnect()
 
 
+POLITE_CLOSE_S = 3.0
+"""How long closing waits for the reader to confirm the ROSpec's deletion (a busy reader or
+host can take a while; the old 1 s lost the deletion under load)."""
+
+
 class LlrpRfidCollector:
     """Tag reads from an LLRP reader at ``host:port`` as ``rfid`` samples."""
 
@@ -252,8 +257,9 @@ class LlrpRfidCollector:
             raise self._errors.get_nowait()
         return out
 
-    def close(self, timeout: float = 3.0) -> None:
-        """End the session politely (delete the ROSpec), stop reconnecting."""
+    def close(self, timeout: float = 6.0) -> None:
+        """End the session politely (delete the ROSpec, waiting up to POLITE_CLOSE_S for the
+        reader's answer), stop reconnecting."""
         self._closed.set()
         self._thread.join(timeout)
 
@@ -363,7 +369,7 @@ class LlrpRfidCollector:
         if self._closed.is_set():
             if session.is_alive():
                 with contextlib.suppress(Exception):  # best effort: delete the ROSpec
-                    session.disconnect(timeout=1.0)
+                    session.disconnect(timeout=POLITE_CLOSE_S)
             session.end()
             return inventoried
         session.end()
