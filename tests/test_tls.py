@@ -300,7 +300,9 @@ def test_readings_travel_over_tls_to_the_real_node_and_forgeries_never_reach_it(
 
         wait_for(lambda: committed() >= 3, 90, "3 readings of truck-a committed over TLS",
                  proc=node.proc, log_file=node.log)
-        assert "receipt: seq" in (tmp_path / "truck-a.log").read_text()
+        # the receipt travels node -> broker -> agent after the commit: wait for it too
+        wait_for(lambda: "receipt: seq" in (tmp_path / "truck-a.log").read_text(), 60,
+                 "truck-a's receipt over TLS", proc=node.proc, log_file=tmp_path / "truck-a.log")
         assert "connected to mqtts://127.0.0.1:" in (tmp_path / "truck-a.log").read_text()
 
         # truck-b (a valid certificate) forges a message under truck-a's topic: the broker
