@@ -257,10 +257,6 @@ class World:
                            tuple((a.dev, a.start, a.end) for a in s.assignments),
                            self._created_height.get(s.id, 0))
 
-    def interested(self, dev: str) -> bool:
-        """Whether a reading of `dev` can matter to any contract (replay skips the others)."""
-        return True
-
 
 def shipment_view(s: Shipment, history: list[dict[str, Any]], entries: list[int]
                   ) -> dict[str, Any]:
