@@ -128,6 +128,7 @@ def _parse(cert_der: bytes, *, end_entity: bool = True) -> _Parsed:
         outer_alg = raw["signature_algorithm"].dump()
         inner_alg = raw["tbs_certificate"]["signature"].dump()
         spki_der = raw["tbs_certificate"]["subject_public_key_info"].dump()
+        sig_unused_bits = raw["signature_value"].contents[:1]
         extensions = list(cert.extensions)
         common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         not_before_ms = _ms(cert.not_valid_before_utc)
@@ -136,6 +137,8 @@ def _parse(cert_der: bytes, *, end_entity: bool = True) -> _Parsed:
         _reject("cert_malformed", f"not a DER X.509 certificate ({type(exc).__name__}: {exc})")
     if version != x509.Version.v3:
         _reject("cert_malformed", f"certificate version {version.name}; v3 required")
+    if sig_unused_bits != b"\x00":  # else one certificate has several encodings
+        _reject("cert_malformed", "the signature BIT STRING must have 0 unused bits (DER)")
     if not 1 <= serial <= MAX_SERIAL:
         _reject("cert_malformed", "serial number must be positive and at most 20 octets")
     if outer_alg != inner_alg:

@@ -326,3 +326,13 @@ def test_random_or_mutated_csrs_only_ever_raise_the_typed_refusal(data: st.DataO
     with pytest.raises(CsrRejected) as caught:
         check_csr(csr)
     assert caught.value.reason in {"csr_malformed", "csr_bad_algorithm", "csr_signature"}
+
+
+def test_a_signature_bit_string_with_unused_bits_is_malformed() -> None:
+    # Hypothesis found this: the byte before the signature's DER was not checked, so the
+    # same certificate had several encodings that all verified.
+    cert = bytearray(GOOD)
+    sig_len = len(x509.load_der_x509_certificate(GOOD).signature)
+    assert cert[-sig_len - 1] == 0  # the BIT STRING's unused-bits byte
+    cert[-sig_len - 1] = 1
+    assert _reason(bytes(cert)) == "cert_malformed"
