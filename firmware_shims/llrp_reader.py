@@ -179,6 +179,7 @@ class LlrpReaderShim:
                     if time.monotonic() >= self._mute_until:
                         self.stats["reboots"] += 1
                         break
+                    self.stats["muted_ticks"] += 1
                     time.sleep(self.tick_s)
                     continue
                 ready, _, _ = select.select([conn], [], [], self.tick_s)

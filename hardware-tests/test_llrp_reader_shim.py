@@ -215,6 +215,19 @@ def test_agent_config_builds_the_llrp_collector(reader: LlrpReaderShim) -> None:
         collector.close()
     wait_for(lambda: not reader.connected)
     assert reader.stats["rx:DELETE_ROSPEC"] >= 2  # closing deletes the ROSpec politely
+    assert collector.stats["close_unconfirmed"] == 0
+
+
+def test_closing_with_a_hung_reader_gives_up_and_counts_it(reader: LlrpReaderShim) -> None:
+    collector = LlrpRfidCollector("127.0.0.1", reader.port, clock=clock(), keepalive_s=5.0)
+    try:
+        wait_for(lambda: collector.inventorying)
+        reader.mute(for_s=30.0)  # the reader will never answer the ROSpec's deletion
+        wait_for(lambda: reader.stats["muted_ticks"] >= 1)
+    finally:
+        collector.close()
+    assert collector.stats["close_unconfirmed"] == 1
+    assert reader.stats.get("rx:DELETE_ROSPEC", 0) == 1  # only the one from connecting
 
 
 @pytest.mark.skipif("TF_LLRP_HOST" not in os.environ,

@@ -138,6 +138,8 @@ class _Session(LLRPReaderClient):  # type: ignore[misc]
         self.owner = owner
         self.last_heard = time.monotonic()
         self.rx = bytearray()
+        self.closing = False
+        self.rospec_deleted = threading.Event()
 
     def raw_data_received(self, data: bytes) -> None:
         self.rx += data
@@ -166,6 +168,10 @@ class _Session(LLRPReaderClient):  # type: ignore[misc]
                 log.debug("llrp %s: undecodable message skipped (%s): %r", self.owner.where,
                           exc, frame[:64])
                 continue
+            if self.closing:  # sllurp's state machine is done with; only the answer counts
+                if msg.getName() == "DELETE_ROSPEC_RESPONSE":
+                    self.rospec_deleted.set()
+                continue
             self._on_llrp_message_received(msg)
             try:
                 self.llrp.handleMessage(msg)
@@ -175,6 +181,20 @@ class _Session(LLRPReaderClient):  # type: ignore[misc]
             except Exception as exc:  # a reply sllurp's state machine cannot follow
                 self.owner.count("bad:reader_refused")
                 raise ReaderConfigurationError(f"{msg.getName()}: {exc}") from exc
+
+    def polite_close(self, timeout: float) -> bool:
+        """Delete every AccessSpec and ROSpec on the reader; True once it confirms.
+
+        sllurp's own ``disconnect()`` sends DELETE_ACCESSSPEC and only then registers, from
+        the caller's thread, the callback that sends DELETE_ROSPEC; when its reading thread
+        handled the quick answer first, the callback never ran and the ROSpec stayed on
+        the reader. Here both requests go out at once (a reader answers in order), and the
+        reading thread signals the DELETE_ROSPEC_RESPONSE through ``rospec_deleted``.
+        """
+        self.closing = True
+        self.llrp.sendMessage({"DELETE_ACCESSSPEC": {"AccessSpecID": 0}})
+        self.llrp.sendMessage({"DELETE_ROSPEC": {"ROSpecID": 0}})
+        return self.rospec_deleted.wait(timeout)
 
     def end(self, timeout: float = 1.0) -> None:
         """Stop sllurp's reading thread and close the socket.
@@ -192,8 +212,8 @@ class _Session(LLRPReaderClient):  # type: ignore[misc]
 
 
 POLITE_CLOSE_S = 3.0
-"""How long closing waits for the reader to confirm the ROSpec's deletion (a busy reader or
-host can take a while; the old 1 s lost the deletion under load)."""
+"""How long closing waits for the reader to confirm the ROSpec's deletion; one that does not
+is counted as ``close_unconfirmed`` and the socket is closed anyway."""
 
 
 class LlrpRfidCollector:
@@ -367,9 +387,12 @@ class LlrpRfidCollector:
         inventoried = self._inventorying.is_set()
         self._inventorying.clear()
         if self._closed.is_set():
+            confirmed = False
             if session.is_alive():
-                with contextlib.suppress(Exception):  # best effort: delete the ROSpec
-                    session.disconnect(timeout=POLITE_CLOSE_S)
+                with contextlib.suppress(Exception):  # best effort: the reader may be gone
+                    confirmed = session.polite_close(POLITE_CLOSE_S)
+            if not confirmed:
+                self.count("close_unconfirmed")
             session.end()
             return inventoried
         session.end()
