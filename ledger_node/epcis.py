@@ -10,7 +10,9 @@ lists: events are sorted by eventTime, then ledger entry index.
         tf:entry  the entry index: a partner fetches its inclusion proof with it
     rfid                    -> epcList [epc], bizStep loading | transporting | receiving
     temp, hum, shock, door  -> epcList = units, sensorElementList, bizStep sensor_reporting
-    contract event          -> epcList = units, bizStep and disposition from the event/state
+    contract event          -> epcList = units, bizStep and disposition from the event/state;
+                               unit_loaded / unit_unloaded: epcList [the unit's SSCC],
+                               bizStep loading / unloading
                                (contract_fault events are about a contract: not exported)
     gps                     -> no event of its own: the readPoint (geo: URI) of the others
 
@@ -39,6 +41,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote
+
+from ledger_node.shipments import UNIT_EVENTS, UNIT_LOADED, UNIT_UNLOADED
 
 __all__ = [
     "CONTEXT",
@@ -121,6 +125,8 @@ class _Event:
     hash: str
     custody: tuple[str | None, str | None]
     """custody_transfer: (from, to) organisation ids, each None if unknown"""
+    unit: str | None = None
+    """unit_loaded / unit_unloaded: the SSCC moved, None if it is not an EPC URI"""
 
 
 def event_id(entry_hash_hex: str) -> str:
@@ -289,7 +295,8 @@ class _Export:
         assert e.at is not None
         step, disposition = _contract_step(e)
         out = self._head(_iso(e.at), e.ledger_time, e.hash)
-        out.update(epcList=list(self.units), action="OBSERVE", bizStep=step)
+        units = [e.unit] if e.unit is not None else list(self.units)
+        out.update(epcList=units, action="OBSERVE", bizStep=step)
         if disposition is not None:
             out["disposition"] = disposition
         if e.dev is not None:
@@ -320,6 +327,10 @@ def _contract_step(e: _Event) -> tuple[str, str | None]:
         return "void_shipping", None
     if e.event == "custody_transfer":
         return "receiving", None
+    if e.event == UNIT_LOADED:
+        return "loading", "in_transit"
+    if e.event == UNIT_UNLOADED:
+        return "unloading", None
     if e.state == "in_transit":
         return "departing", "in_transit"
     return "inspecting", None
@@ -501,7 +512,16 @@ def _event(raw: object, ship_id: str) -> _Event:
                   ledger_time=None if ledger_time is None else _ledger_time(
                       ledger_time, "ledger_time", idx),
                   cause=tuple(sorted({_index(c, idx) for c in cause})), state=state,
-                  hash=_hash(raw.get("hash"), idx), custody=_custody(name, raw.get("data")))
+                  hash=_hash(raw.get("hash"), idx), custody=_custody(name, raw.get("data")),
+                  unit=_unit(name, raw.get("data")))
+
+
+def _unit(name: str, data: object) -> str | None:
+    """The SSCC of a unit_loaded / unit_unloaded event's data, if it is an EPC URI."""
+    if name not in UNIT_EVENTS or not isinstance(data, Mapping):
+        return None
+    epc = data.get("epc")
+    return epc if isinstance(epc, str) and _EPC_RE.fullmatch(epc) else None
 
 
 def _custody(name: str, data: object) -> tuple[str | None, str | None]:

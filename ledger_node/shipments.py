@@ -21,6 +21,10 @@ cancelled; out_of_compliance -> delivered | cancelled. Contract moves: created |
 -> out_of_compliance; in_transit | out_of_compliance -> delivered. delivered and cancelled
 are final. The custodian starts as the first party with role "shipper" (None without one)
 and changes by custody_transfer contract events.
+
+Logistic units. The SSCCs in "units" start off board; unit_loaded and unit_unloaded
+contract events (a `units:` rule, docs/contracts.md) put one on board or take it off, and
+`unit_moves` keeps every move with its reader and cause.
 """
 
 from __future__ import annotations
@@ -72,6 +76,10 @@ CONTRACT_MOVES: Final[Mapping[str, frozenset[str]]] = {
 }
 CONTRACT_TARGETS: Final = frozenset({OUT_OF_COMPLIANCE, DELIVERED})
 
+UNIT_LOADED: Final = "unit_loaded"
+UNIT_UNLOADED: Final = "unit_unloaded"
+UNIT_EVENTS: Final = frozenset({UNIT_LOADED, UNIT_UNLOADED})
+
 MAX_PARTIES: Final = 16
 MAX_UNITS: Final = 10_000
 MAX_GEOFENCES: Final = 64
@@ -120,6 +128,19 @@ class Assignment:
         return self.start <= t and (self.end is None or t < self.end)
 
 
+@dataclass(frozen=True)
+class UnitMove:
+    """A logistic unit loaded or unloaded: at device time `t` (of the scan), ledger time
+    `at`, by the scan of `reader`; `cause` names the contract event."""
+
+    at: int
+    t: int
+    epc: str
+    action: str
+    reader: str
+    cause: str
+
+
 @dataclass
 class Shipment:
     id: str
@@ -137,8 +158,16 @@ class Shipment:
     """(ledger time ms, state entered, cause) — the first item is (created, "created", ...)."""
     custody: list[tuple[int, str, str]] = field(default_factory=list)
     """(ledger time ms, new custodian org, cause)."""
+    unit_moves: list[UnitMove] = field(default_factory=list)
+    unit_last: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    """SSCC -> (device time of the scan that last moved it, on board since) per moved unit."""
     rev: int = 0
     """Bumped on every change of this shipment (caches key on it)."""
+
+    @property
+    def on_board(self) -> list[str]:
+        """The units on board now, sorted."""
+        return sorted(epc for epc, (_, loaded) in self.unit_last.items() if loaded)
 
     def entered(self, state: str) -> int | None:
         """Ledger time at which the shipment first entered `state`, or None."""
@@ -437,6 +466,23 @@ class ShipmentBook:
             to = data.get("to")
             if isinstance(to, str) and _ID_RE.fullmatch(to):
                 self.set_custodian(sid, to, at_ms, cause)
+        if event.get("event") in UNIT_EVENTS and isinstance(data, Mapping):
+            self._move_unit(sid, event, data, at_ms, cause)
+
+    def _move_unit(self, sid: str, event: Mapping[str, Any], data: Mapping[str, Any],
+                   at_ms: int, cause: str) -> None:
+        s = self._shipments[sid]
+        epc, reader, t = data.get("epc"), data.get("reader"), event.get("at")
+        if not (isinstance(epc, str) and epc in s.units and isinstance(reader, str)
+                and type(t) is int):
+            return
+        loading = event.get("event") == UNIT_LOADED
+        if loading == s.unit_last.get(epc, (0, False))[1]:
+            return                            # already where the event would put it
+        s.unit_last[epc] = (t, loading)
+        s.unit_moves.append(UnitMove(at_ms, t, epc, "loaded" if loading else "unloaded",
+                                     reader, cause))
+        self._changed(s)
 
     def all(self) -> list[Shipment]:
         return [self._shipments[i] for i in sorted(self._shipments)]

@@ -219,7 +219,7 @@ class World:
         if shipment is None:
             return
         before, rev = shipment.state, shipment.rev
-        self.book.apply_event(event.to_map(), time)  # state moves and custody; refused moves
+        self.book.apply_event(event.to_map(), time)  # state, custody, units; refused moves
         after = self.book.get(event.shipment)        # are skipped, never raised
         if after is None or after.rev == rev:
             return  # the shipment's document did not change: no row to rewrite
@@ -269,6 +269,9 @@ def shipment_view(s: Shipment, history: list[dict[str, Any]], entries: list[int]
             "route": s.route, "geofences": s.geofences, "deadline": s.deadline,
             "contracts": list(s.contracts), "custodian": s.custodian, "created": s.created,
             "custody": [{"at": at, "org": org, "cause": cause} for at, org, cause in s.custody],
+            "on_board": s.on_board,
+            "unit_moves": [{"at": m.at, "t": m.t, "epc": m.epc, "action": m.action,
+                            "reader": m.reader, "cause": m.cause} for m in s.unit_moves],
             "history": history, "entries": entries}
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from ledger_node.contracts import (
     CONTRACT_FAULT,
+    ContractDocumentError,
     ContractEngine,
     ContractEvent,
     ContractRegistrationError,
@@ -288,6 +289,77 @@ def test_custody_transfer_when_a_pallet_is_scanned_at_a_depot() -> None:
     assert (ev2.data["from"], ev2.data["to"]) == ("carrier-a", "consignee-b")
     assert w.read(5, "rfid", dev="depot-reader-1", epc=SSCC) == []      # older scan: history
 
+
+# -- logistic units ------------------------------------------------------------------------------
+OTHER_SSCC = "urn:epc:id:sscc:0614141.0000000001"
+
+
+def test_a_pallet_is_loaded_by_the_trucks_reader_and_unloaded_at_a_depot() -> None:
+    w = World("unit-tracking")
+    assert w.read(0, "rfid", dev="depot-reader-1", epc=SSCC) == []   # not on board yet
+    [loaded] = w.read(1, "rfid", dev="truck-1", epc=SSCC, rssi=-40)
+    assert (loaded.event, loaded.shipment, loaded.cause) == ("unit_loaded", "SHP-1", (w.idx,))
+    assert loaded.data == {"rule": "pallets", "epc": SSCC, "reader": "truck-1"}
+    assert loaded.notify == ("mqtt",) and loaded.state is None
+    s = w.book.get("SHP-1")
+    assert s is not None and s.on_board == [SSCC]
+    assert w.read(2, "rfid", dev="truck-1", epc=SSCC) == []           # still on board
+    assert w.read(3, "rfid", dev="truck-1", epc=OTHER_SSCC) == []     # not this shipment's
+    [unloaded] = w.read(30, "rfid", dev="depot-reader-2", epc=SSCC)
+    assert (unloaded.event, unloaded.data["reader"]) == ("unit_unloaded", "depot-reader-2")
+    assert s.on_board == []
+    assert w.read(20, "rfid", dev="truck-1", epc=SSCC) == []          # older than the unload
+    [again] = w.read(40, "rfid", dev="truck-1", epc=SSCC)             # loaded again
+    assert again.event == "unit_loaded"
+    assert [(m.action, m.reader, m.t) for m in s.unit_moves] == [
+        ("loaded", "truck-1", T0 + M), ("unloaded", "depot-reader-2", T0 + 30 * M),
+        ("loaded", "truck-1", T0 + 40 * M)]
+
+
+def test_unloading_can_be_limited_to_listed_readers() -> None:
+    doc = template_text("unit-tracking").replace(
+        "units: {}", "units: {unload_readers: [dock-7]}")
+    w = World(docs=(doc,))
+    w.read(0, "rfid", dev="truck-1", epc=SSCC)
+    assert w.read(1, "rfid", dev="gate-9", epc=SSCC) == []            # not an unloading reader
+    [ev] = w.read(2, "rfid", dev="dock-7", epc=SSCC)
+    assert ev.event == "unit_unloaded"
+
+
+def test_a_scan_outside_the_trucks_assignment_does_not_load() -> None:
+    w = World("unit-tracking")
+    w.book.apply({"v": 1, "type": "shipment_assigned", "t": 0, "shipment": "SHP-1",
+                  "dev": "van-2", "start": T0 + 10 * M, "end": T0 + 20 * M}, T0)
+    assert w.read(5, "rfid", dev="van-2", epc=SSCC) == []             # before van-2 served
+    [ev] = w.read(15, "rfid", dev="van-2", epc=SSCC)
+    assert ev.event == "unit_loaded" and ev.dev == "van-2"
+
+
+def test_two_unit_contracts_record_each_move_once() -> None:
+    second = template_text("unit-tracking").replace("name: unit-tracking", "name: pallets-2")
+    w = World("unit-tracking", docs=(second,))
+    assert [e.event for e in w.read(0, "rfid", dev="truck-1", epc=SSCC)] == ["unit_loaded"]
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ("units: {}\n    emit: loaded", "cannot have 'emit'"),
+    ("units: {}\n    set_state: delivered", "cannot have 'set_state'"),
+    ("units: {readers: [a]}", "unknown field 'readers' in units"),
+    ("units: [a]", "units must be a map"),
+    ("units: {unload_readers: ['bad reader']}", "must match"),
+])
+def test_bad_units_rules_are_refused_with_the_line(rule: str, message: str) -> None:
+    text = ("name: u\nversion: 1\nrules:\n  - id: r\n    on: {event: rfid}\n    "
+            + rule + "\n")
+    with pytest.raises(ContractDocumentError, match=message) as err:
+        parse_contract(text)
+    assert ":6:" in str(err.value) or ":7:" in str(err.value)
+
+
+def test_a_units_rule_needs_rfid_readings() -> None:
+    text = "name: u\nversion: 1\nrules:\n  - id: r\n    on: {reading: temp}\n    units: {}\n"
+    with pytest.raises(ContractDocumentError, match=r"'units' needs on: \{reading: rfid\}"):
+        parse_contract(text)
 
 # -- CEL, faults, isolation ----------------------------------------------------------------------
 HOT = """

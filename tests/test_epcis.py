@@ -451,6 +451,28 @@ def test_custody_transfer_names_the_parties_it_moves_between() -> None:
          "destination": "https://trustfleet.example/epcis/org/consignee-b"}]
 
 
+
+@pytest.mark.parametrize(("event", "step", "disposition"), [
+    ("unit_loaded", "loading", "in_transit"), ("unit_unloaded", "unloading", None)])
+def test_a_unit_move_is_an_event_about_that_unit_only(event: str, step: str,
+                                                      disposition: str | None) -> None:
+    doc = export([], [contract_event(30, event, T0, [12], data={
+        "rule": "pallets", "epc": PALLET_A, "reader": "truck-7"})])
+    assert_valid(doc)
+    out = _event0(doc)
+    assert (out["epcList"], out["bizStep"], out.get("disposition")) == (
+        [PALLET_A], step, disposition)
+    assert (out["tf:event"], out["tf:causeEntries"]) == (event, [12])
+
+
+@pytest.mark.parametrize("data", [{"epc": "not an epc"}, {"epc": 7}, "epc", None])
+def test_a_unit_move_without_a_usable_epc_names_all_units(data: Any) -> None:
+    event = contract_event(30, "unit_loaded", T0, [])
+    event["data"] = data
+    doc = export([], [event])
+    assert_valid(doc)
+    assert _event0(doc)["epcList"] == [PALLET_A, PALLET_B]
+
 @pytest.mark.parametrize("data", [{"from": None, "to": "b\n"}, {"to": "x" * 1000}, "to=b", None])
 def test_custody_transfer_with_unusable_parties_names_none(data: Any) -> None:
     event = contract_event(30, "custody_transfer", T0, [])

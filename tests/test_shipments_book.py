@@ -112,6 +112,42 @@ def test_contract_moves_and_apply_event() -> None:
     assert s.custody == [(10, "depot-org", "k@2:custody_transfer")]
 
 
+
+def unit_event(event: str, data: Any, at: Any = 5) -> dict[str, Any]:
+    return {"contract": "u", "version": 1, "event": event, "shipment": "SHP-1", "at": at,
+            "state": None, "data": data}
+
+
+def test_unit_events_move_units_on_and_off_board() -> None:
+    book = ShipmentBook()
+    book.apply(created(), 1)
+    s = book.get("SHP-1")
+    assert s is not None
+    book.apply_event(unit_event("unit_unloaded", {"epc": SSCC, "reader": "d"}), 2)
+    assert s.unit_moves == [] and s.on_board == []          # never loaded: nothing to unload
+    rev = s.rev
+    book.apply_event(unit_event("unit_loaded", {"epc": SSCC, "reader": "truck-1"}), 3)
+    assert s.on_board == [SSCC] and s.rev == rev + 1
+    book.apply_event(unit_event("unit_loaded", {"epc": SSCC, "reader": "truck-1"}), 4)
+    assert len(s.unit_moves) == 1                           # already on board
+    book.apply_event(unit_event("unit_unloaded", {"epc": SSCC, "reader": "d"}, at=9), 6)
+    assert s.on_board == [] and [m.action for m in s.unit_moves] == ["loaded", "unloaded"]
+    assert s.unit_moves[-1].t == 9 and s.unit_moves[-1].cause == "u@1:unit_unloaded"
+
+
+@pytest.mark.parametrize(("data", "at"), [
+    ({"epc": "urn:epc:id:sscc:0614141.0000000001", "reader": "r"}, 5),  # not a unit of it
+    ({"epc": SSCC}, 5), ({"epc": SSCC, "reader": 7}, 5), ({"reader": "r"}, 5),
+    ("epc", 5), (None, 5), ({"epc": SSCC, "reader": "r"}, "5"),
+    ({"epc": SSCC, "reader": "r"}, True),
+])
+def test_malformed_unit_events_change_nothing(data: Any, at: Any) -> None:
+    book = ShipmentBook()
+    book.apply(created(), 1)
+    book.apply_event(unit_event("unit_loaded", data, at), 2)
+    s = book.get("SHP-1")
+    assert s is not None and s.unit_moves == [] and s.rev == 1
+
 def test_unknown_and_duplicate_shipments_are_refused() -> None:
     book = ShipmentBook()
     assert rejected(book, state("in_transit")) == UNKNOWN_SHIPMENT

@@ -222,3 +222,30 @@ def test_verify_names_a_tampered_events_or_shipments_row(cold) -> None:
     named = {p.where for p in report.problems}
     assert any(w.startswith("events row") for w in named), named
     assert "shipments row 'SHP-1'" in named
+
+
+def test_pallet_scans_load_and_unload_units_on_the_ledger(tmp_path: Path) -> None:
+    truck, depot = Device("truck-1"), Device("depot-reader-1")
+    cut = ChainUnderTest(tmp_path / "u.sqlite", [truck, depot])
+    admin = [contract(cut, template_text("unit-tracking")),
+             *shipment(cut, "SHP-1", "truck-1", ["unit-tracking"])]
+    assert [a.status for a in cut.apply(admin=admin).admin] == ["accepted"] * 3
+    pallet = "urn:epc:id:sscc:0614141.1234567890"
+    loaded = cut.apply([truck.message(signed(truck, T0, "rfid", {"epc": pallet, "rssi": -40}))])
+    assert [e.event for e in loaded.events] == ["unit_loaded"]
+    unloaded = cut.apply([depot.message(signed(depot, T0 + 90 * MIN, "rfid", {"epc": pallet}))])
+    assert [e.event for e in unloaded.events] == ["unit_unloaded"]
+    doc = json.loads(cut.store.conn.execute(
+        "SELECT doc FROM shipments WHERE id = 'SHP-1'").fetchone()[0])
+    assert doc["on_board"] == []
+    assert [(m["action"], m["reader"], m["t"]) for m in doc["unit_moves"]] == [
+        ("loaded", "truck-1", T0), ("unloaded", "depot-reader-1", T0 + 90 * MIN)]
+    assert verify_store(cut.store.path).ok           # the replay derives the same moves
+    path = cut.store.path
+    cut.store.close()
+    store = Store(path)
+    try:
+        book = Chain(store, "main", "node-1", cut.node).world.book
+        assert [m.action for m in book.get("SHP-1").unit_moves] == ["loaded", "unloaded"]
+    finally:
+        store.close()

@@ -8,10 +8,10 @@ Tokens (made once, kept in DATA/tokens/NAME.token, mode 0600, shown by `trustfle
 
 Business entries (submitted once, on the chain's first run, through the node's API like any
 operator would, signed by the operator token of the SoftHSM rig):
-  contracts   cold-chain-2-8, shock and device-silent, from the shipped templates
+  contracts   cold-chain-2-8, shock, device-silent and unit-tracking (shipped templates)
   shipments   SHP-N for truck-N: shipper (as above), carrier fastfreight, consignee
               city-hospital, insurer safe-cargo; the truck assigned from now on; a deadline
-              eight hours ahead; all three contracts attached; state in_transit
+              eight hours ahead; all four contracts attached; state in_transit
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-CONTRACTS = ("cold-chain-2-8", "shock", "device-silent")
+CONTRACTS = ("cold-chain-2-8", "shock", "device-silent", "unit-tracking")
 PARTNERS = ("acme-pharma", "nordic-foods")
 DONE_MARK = "demo-business.json"
 

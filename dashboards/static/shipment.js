@@ -203,7 +203,10 @@ export function mountShipment(view, { arg: id, signal }) {
       ["parties", parties(s)], ["custodian", String(s.custodian ?? "–")],
       ["devices", (Array.isArray(s.assignments) ? s.assignments : []).map((a) =>
         `${a?.dev ?? "?"} (${iso(a?.start)} – ${a?.end ? iso(a.end) : "now"})`).join(", ") || "–"],
-      ["units", summary(s.units ?? [], 200)], ["route", s.route ? "yes (GeoJSON)" : "–"],
+      ["units", summary(s.units ?? [], 200)],
+      ["on board", h("span", { id: "shipment-on-board" }, Array.isArray(s.on_board)
+        ? `${s.on_board.length} of ${(s.units ?? []).length}` : "–")],
+      ["route", s.route ? "yes (GeoJSON)" : "–"],
       ["geofences", Object.keys(s.geofences ?? {}).join(", ") || "–"],
       ["contracts", summary(s.contracts ?? [], 200)],
       ["deadline", iso(s.deadline)], ["created", iso(s.created)],

@@ -69,10 +69,14 @@ KNOWN_MEMBERS: Final[Mapping[str, frozenset[str]]] = {
 
 _TOP_KEYS: Final = ("name", "version", "description", "applies_to", "params", "rules")
 _RULE_KEYS: Final = ("id", "on", "when", "threshold", "window", "geofence", "corridor",
-                     "outside_geofences", "custody", "for", "cumulative", "repeat", "emit",
-                     "set_state", "notify")
+                     "outside_geofences", "custody", "units", "for", "cumulative", "repeat",
+                     "emit", "set_state", "notify")
 _READING_ONLY: Final = ("when", "threshold", "window", "geofence", "corridor",
-                        "outside_geofences", "custody", "for", "cumulative", "repeat")
+                        "outside_geofences", "custody", "units", "for", "cumulative", "repeat")
+UNITS_EMIT: Final = "unit_loaded"
+"""The `emit` a units rule stands for; it emits unit_loaded and unit_unloaded."""
+_NOT_WITH_UNITS: Final = ("emit", "set_state", "threshold", "window", "geofence", "corridor",
+                          "outside_geofences", "custody", "for", "cumulative", "repeat")
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,8 @@ class Rule:
     corridor_width_m: float | None = None
     outside_geofences: tuple[str, ...] | None = None
     custody_readers: tuple[tuple[str, str], ...] = ()
+    units: bool = False
+    unload_readers: tuple[str, ...] | None = None  # None: any reader not on the shipment
     for_ms: int = 0
     cumulative_ms: int = 0
     repeat: str = REPEAT_EPISODE
@@ -386,7 +392,7 @@ class _Parser:
 
     def rule(self, rules: CommentedSeq, i: int) -> Rule:
         r = self.mapping(rules[i], _RULE_KEYS, f"rule {i + 1}", self.w.value(rules, i))
-        for req in ("id", "on", "emit"):
+        for req in ("id", "on") if "units" in r else ("id", "on", "emit"):
             if req not in r:
                 raise self.w.fail(f"rule {i + 1}: missing field {req!r}", self.w.node(r))
         rid = self.string(r, "id", "rule id", _RULE_RE, 32)
@@ -397,7 +403,14 @@ class _Parser:
             for k in _READING_ONLY:
                 if k in r:
                     raise self.w.fail(f"{k!r} applies only to reading rules", self.w.key(r, k))
-        out["emit"] = self.string(r, "emit", "emit", _EVENT_RE, 32)
+        if "units" in r:
+            for k in _NOT_WITH_UNITS:
+                if k in r:
+                    raise self.w.fail(f"a units rule emits unit_loaded and unit_unloaded and "
+                                      f"cannot have {k!r}", self.w.key(r, k))
+            out["emit"] = UNITS_EMIT
+        else:
+            out["emit"] = self.string(r, "emit", "emit", _EVENT_RE, 32)
         if "set_state" in r and r["set_state"] is not None:
             state = r["set_state"]
             if state not in CONTRACT_TARGETS:
@@ -464,6 +477,16 @@ class _Parser:
         if "custody" in r:
             needs_kind("custody", "rfid")
             out["custody_readers"] = self.custody(r)
+        if "units" in r:
+            needs_kind("units", "rfid")
+            out["units"] = True
+            u = r["units"]
+            if u is not None:
+                u = self.mapping(u, ("unload_readers",), "units", self.w.value(r, "units"))
+                if "unload_readers" in u:
+                    out["unload_readers"] = self.names(u, "unload_readers",
+                                                       "units.unload_readers", _ID_RE,
+                                                       max_items=1000)
         if "for" in r and "cumulative" in r:
             raise self.w.fail("a rule has `for` or `cumulative`, not both", self.w.key(r, "for"))
         if "for" in r:

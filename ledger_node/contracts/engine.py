@@ -294,6 +294,8 @@ class ContractEngine(Evaluator):
         for cache in (self._geo, self._units, self._custodian, self._ship_maps):
             cache.pop(sid, None)
         self._positions.pop(scope, None)
+        for key in [k for k in self._unit_at if k[0] == sid]:
+            del self._unit_at[key]
         self._closed.add(sid)
 
     def _check_silence(self, key: _WatchKey, watch: tuple[Slot, int, str | None], now: int,

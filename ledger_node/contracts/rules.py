@@ -32,7 +32,13 @@ from ledger_node.contracts.errors import CelEvalError
 from ledger_node.contracts.events import CONTRACT_FAULT, ContractEvent, ReadingFact
 from ledger_node.contracts.geo import Fence, ShipmentGeo, position
 from ledger_node.contracts.windows import Aggregates, Cumulative, Episodes, Fire
-from ledger_node.shipments import CONTRACT_MOVES, Shipment, ShipmentBook
+from ledger_node.shipments import (
+    CONTRACT_MOVES,
+    UNIT_LOADED,
+    UNIT_UNLOADED,
+    Shipment,
+    ShipmentBook,
+)
 
 FAULT_BAD_VALUE: Final = "bad_value"
 MAX_POSITIONS_KEPT: Final = 256
@@ -41,7 +47,7 @@ SUPERSEDED: Final = "superseded"
 RETIRED: Final = "retired"
 
 Scope = tuple[str, str]          # ("s", shipment id) or ("d", device id)
-PLAIN, GEOFENCE, CUSTODY = 0, 1, 2
+PLAIN, GEOFENCE, CUSTODY, UNITS = 0, 1, 2, 3
 
 
 class Fault(Exception):
@@ -89,7 +95,7 @@ class Slot:
         self.name = v.doc.name
         self.version = v.doc.version
         self.uid = v.uid
-        self.mode = (CUSTODY if rule.custody_readers
+        self.mode = (CUSTODY if rule.custody_readers else UNITS if rule.units
                      else GEOFENCE if rule.geofence_mode is not None else PLAIN)
         th = rule.threshold
         self.above = th.above if th is not None else None
@@ -150,6 +156,8 @@ class Evaluator:
         self._units: dict[str, tuple[int, frozenset[str]]] = {}
         self._positions: dict[Scope, list[tuple[int, int, float, float]]] = {}
         self._custodian: dict[str, tuple[int, str | None]] = {}  # sid -> (device t, org)
+        self._unit_at: dict[tuple[str, str], tuple[int, bool]] = {}
+        """(sid, SSCC) -> (device time of its last move, on board) for moves emitted here."""
         self._ship_maps: dict[str, tuple[int, dict[str, Any]]] = {}
         self._pending: dict[str, tuple[int, str]] = {}
         """sid -> (the shipment's rev, the state our events moved it to): until the book
@@ -166,8 +174,10 @@ class Evaluator:
                 self._plain(slot, fact, s, scope, events)
             elif slot.mode == GEOFENCE:
                 self._geofence(slot, fact, s, scope, events)
-            else:
+            elif slot.mode == CUSTODY:
                 self._custody(slot, fact, s, events)
+            else:
+                self._unit_move(slot, fact, s, events)
         except (Fault, CelEvalError) as exc:
             self._fault(slot, s, fact.dev, exc.kind, exc.message, fact.t, (fact.idx,), events)
 
@@ -293,6 +303,37 @@ class Evaluator:
         data: dict[str, Any] = {"rule": rule.id, "epc": epc, "from": current, "to": org,
                                 "reader": fact.dev}
         self._emit(slot, s, fact.dev, fact.t, (fact.idx,), 1, data, events)
+
+    def _unit_move(self, slot: Slot, fact: ReadingFact, s: Shipment | None,
+               events: list[ContractEvent]) -> None:
+        """A scan of one of the shipment's units by a reader assigned to the shipment loads
+        it; one by an unloading reader (any reader not on the shipment, unless the rule
+        lists them) unloads it. A scan older than the unit's last move changes nothing."""
+        if s is None:
+            return
+        epc = fact.d.get("epc")
+        if not isinstance(epc, str):
+            raise Fault(FAULT_MISSING_FIELD, "the rfid reading has no epc")
+        if epc not in self._unit_set(s):
+            return
+        on_truck = any(a.dev == fact.dev and a.covers(fact.t) for a in s.assignments)
+        readers = slot.rule.unload_readers
+        unloads = not on_truck and (readers is None or fact.dev in readers)
+        if not (on_truck or unloads):
+            return
+        key = (s.id, epc)
+        last_t, loaded = self._unit_at.get(key) or s.unit_last.get(epc, (-(2**63), False))
+        if on_truck == loaded or fact.t < last_t:
+            return                            # already there, or older than its last move
+        rule = slot.rule
+        if rule.when is not None and not rule.when.evaluate(
+                self._activation(slot, fact, s, None)):
+            return
+        self._unit_at[key] = (fact.t, on_truck)
+        data: dict[str, Any] = {"rule": rule.id, "epc": epc, "reader": fact.dev}
+        events.append(ContractEvent(slot.name, slot.version,
+                                    UNIT_LOADED if on_truck else UNIT_UNLOADED, s.id, fact.dev,
+                                    fact.t, (fact.idx,), None, data, rule.notify))
 
     # -- caches ------------------------------------------------------------------------------
     def _position(self, fact: ReadingFact) -> tuple[float, float]:
