@@ -34,7 +34,7 @@ import re
 from bisect import insort
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import shapely
 
@@ -128,10 +128,29 @@ class Assignment:
         return self.start <= t and (self.end is None or t < self.end)
 
 
+class StateChange(NamedTuple):
+    """A state entered at ledger time `at`; `cause` is "operator" or contract@version:event,
+    `entry` the index of the ledger entry that made the change (None outside a ledger)."""
+
+    at: int
+    state: str
+    cause: str
+    entry: int | None = None
+
+
+class CustodyChange(NamedTuple):
+    """Custody passed to `org` at ledger time `at` (cause and entry as in StateChange)."""
+
+    at: int
+    org: str
+    cause: str
+    entry: int | None = None
+
+
 @dataclass(frozen=True)
 class UnitMove:
     """A logistic unit loaded or unloaded: at device time `t` (of the scan), ledger time
-    `at`, by the scan of `reader`; `cause` names the contract event."""
+    `at`, by the scan of `reader`; `cause` and `entry` as in StateChange."""
 
     at: int
     t: int
@@ -139,6 +158,7 @@ class UnitMove:
     action: str
     reader: str
     cause: str
+    entry: int | None = None
 
 
 @dataclass
@@ -154,10 +174,9 @@ class Shipment:
     state: str
     created: int
     custodian: str | None
-    history: list[tuple[int, str, str]] = field(default_factory=list)
-    """(ledger time ms, state entered, cause) — the first item is (created, "created", ...)."""
-    custody: list[tuple[int, str, str]] = field(default_factory=list)
-    """(ledger time ms, new custodian org, cause)."""
+    history: list[StateChange] = field(default_factory=list)
+    """The states entered, the first being (created, "created", "operator", entry)."""
+    custody: list[CustodyChange] = field(default_factory=list)
     unit_moves: list[UnitMove] = field(default_factory=list)
     unit_last: dict[str, tuple[int, bool]] = field(default_factory=dict)
     """SSCC -> (device time of the scan that last moved it, on board since) per moved unit."""
@@ -171,7 +190,7 @@ class Shipment:
 
     def entered(self, state: str) -> int | None:
         """Ledger time at which the shipment first entered `state`, or None."""
-        for at, s, _ in self.history:
+        for at, s, _, _ in self.history:
             if s == state:
                 return at
         return None
@@ -356,12 +375,13 @@ class ShipmentBook:
         s.rev += 1
         self.revision += 1
 
-    def apply(self, body: Mapping[str, Any], at_ms: int) -> Shipment:
-        """Apply one checked operator payload at ledger time `at_ms`; raises ShipmentRejected."""
+    def apply(self, body: Mapping[str, Any], at_ms: int, entry: int | None = None) -> Shipment:
+        """Apply one checked operator payload at ledger time `at_ms`, from ledger entry
+        `entry`; raises ShipmentRejected."""
         check_shipment_body(body)
         kind, sid = body["type"], body["shipment"]
         if kind == SHIPMENT_CREATED:
-            return self._create(body, at_ms)
+            return self._create(body, at_ms, entry)
         s = self._shipments.get(sid)
         if s is None:
             raise _fail(f"no shipment {sid!r}", UNKNOWN_SHIPMENT)
@@ -380,11 +400,11 @@ class ShipmentBook:
                 raise _fail(f"operator cannot move {sid!r} from {s.state} to {state}",
                             BAD_TRANSITION)
             s.state = state
-            s.history.append((at_ms, state, "operator"))
+            s.history.append(StateChange(at_ms, state, "operator", entry))
         self._changed(s)
         return s
 
-    def _create(self, body: Mapping[str, Any], at_ms: int) -> Shipment:
+    def _create(self, body: Mapping[str, Any], at_ms: int, entry: int | None) -> Shipment:
         sid = body["shipment"]
         if sid in self._shipments:
             raise _fail(f"shipment {sid!r} exists", ALREADY_EXISTS)
@@ -397,7 +417,7 @@ class ShipmentBook:
             geofences={str(k): _plain(v) for k, v in (body.get("geofences") or {}).items()},
             deadline=body.get("deadline"), contracts=tuple(body.get("contracts") or []),
             state=CREATED, created=at_ms, custodian=shipper,
-            history=[(at_ms, CREATED, "operator")])
+            history=[StateChange(at_ms, CREATED, "operator", entry)])
         self._shipments[sid] = s
         for u in s.units:
             self._by_unit.setdefault(u, []).append(sid)
@@ -428,7 +448,8 @@ class ShipmentBook:
         s = self._shipments.get(shipment_id)
         return s is not None and state in CONTRACT_MOVES[s.state]
 
-    def set_state(self, shipment_id: str, state: str, at_ms: int, cause: str) -> None:
+    def set_state(self, shipment_id: str, state: str, at_ms: int, cause: str,
+                  entry: int | None = None) -> None:
         """A contract action moves a shipment (see CONTRACT_MOVES); raises ShipmentRejected."""
         s = self._shipments.get(shipment_id)
         if s is None:
@@ -437,40 +458,43 @@ class ShipmentBook:
             raise _fail(f"a contract cannot move {shipment_id!r} from {s.state} to {state}",
                         BAD_TRANSITION)
         s.state = state
-        s.history.append((at_ms, state, cause))
+        s.history.append(StateChange(at_ms, state, cause, entry))
         self._changed(s)
 
-    def set_custodian(self, shipment_id: str, org: str, at_ms: int, cause: str) -> None:
+    def set_custodian(self, shipment_id: str, org: str, at_ms: int, cause: str,
+                      entry: int | None = None) -> None:
         """A custody_transfer event hands the shipment to `org`; raises ShipmentRejected."""
         s = self._shipments.get(shipment_id)
         if s is None:
             raise _fail(f"no shipment {shipment_id!r}", UNKNOWN_SHIPMENT)
         _check_id(org, "custodian org")
         s.custodian = org
-        s.custody.append((at_ms, org, cause))
+        s.custody.append(CustodyChange(at_ms, org, cause, entry))
         self._changed(s)
 
-    def apply_event(self, event: Mapping[str, Any], at_ms: int) -> None:
-        """Apply the book side of a contract event map (ContractEvent.to_map()): its state
-        move and, for custody_transfer, its new custodian. Moves that are no longer allowed
-        are skipped (the engine only sets `state` when the move was allowed when it fired)."""
+    def apply_event(self, event: Mapping[str, Any], at_ms: int,
+                    entry: int | None = None) -> None:
+        """Apply the book side of a contract event map (ContractEvent.to_map()), from ledger
+        entry `entry`: its state move, a custody_transfer's new custodian, a unit move.
+        Moves that are no longer allowed are skipped (the engine only sets `state` when the
+        move was allowed when it fired)."""
         sid = event.get("shipment")
         if not isinstance(sid, str) or sid not in self._shipments:
             return
         cause = f"{event.get('contract')}@{event.get('version')}:{event.get('event')}"
         state = event.get("state")
         if isinstance(state, str) and self.can_move(sid, state):
-            self.set_state(sid, state, at_ms, cause)
+            self.set_state(sid, state, at_ms, cause, entry)
         data = event.get("data")
         if event.get("event") == "custody_transfer" and isinstance(data, Mapping):
             to = data.get("to")
             if isinstance(to, str) and _ID_RE.fullmatch(to):
-                self.set_custodian(sid, to, at_ms, cause)
+                self.set_custodian(sid, to, at_ms, cause, entry)
         if event.get("event") in UNIT_EVENTS and isinstance(data, Mapping):
-            self._move_unit(sid, event, data, at_ms, cause)
+            self._move_unit(sid, event, data, at_ms, cause, entry)
 
     def _move_unit(self, sid: str, event: Mapping[str, Any], data: Mapping[str, Any],
-                   at_ms: int, cause: str) -> None:
+                   at_ms: int, cause: str, entry: int | None) -> None:
         s = self._shipments[sid]
         epc, reader, t = data.get("epc"), data.get("reader"), event.get("at")
         if not (isinstance(epc, str) and epc in s.units and isinstance(reader, str)
@@ -481,7 +505,7 @@ class ShipmentBook:
             return                            # already where the event would put it
         s.unit_last[epc] = (t, loading)
         s.unit_moves.append(UnitMove(at_ms, t, epc, "loaded" if loading else "unloaded",
-                                     reader, cause))
+                                     reader, cause, entry))
         self._changed(s)
 
     def all(self) -> list[Shipment]:

@@ -112,7 +112,6 @@ class World:
         self._touched_contracts: set[tuple[str, int]] = set()
         self._created_height: dict[str, int] = {}
         self._entries: dict[str, list[int]] = {}
-        self._history: dict[str, list[dict[str, Any]]] = {}
         self.audit_rows: list[tuple[int, str]] = []
 
     @property
@@ -126,14 +125,11 @@ class World:
         body = op.body
         if op.type in (SHIPMENT_CREATED, SHIPMENT_ASSIGNED, SHIPMENT_STATE):
             try:
-                shipment = self.book.apply(body, time)
+                shipment = self.book.apply(body, time, index)
             except ShipmentRejected as exc:
                 raise AdminRejected(exc.reason, exc.detail) from None
             self._created_height.setdefault(shipment.id, height)
             self._entries.setdefault(shipment.id, []).append(index)
-            if op.type == SHIPMENT_STATE or op.type == SHIPMENT_CREATED:
-                self._history.setdefault(shipment.id, []).append(
-                    {"at": time, "state": shipment.state, "cause": index})
             self._touched_shipments.add(shipment.id)
             self._collect(self.engine.on_shipment_change(shipment.id, time))
         elif op.type in (CONTRACT_REGISTERED, CONTRACT_UPGRADED):
@@ -218,14 +214,10 @@ class World:
         shipment = self.book.get(event.shipment)
         if shipment is None:
             return
-        before, rev = shipment.state, shipment.rev
-        self.book.apply_event(event.to_map(), time)  # state, custody, units; refused moves
-        after = self.book.get(event.shipment)        # are skipped, never raised
-        if after is None or after.rev == rev:
+        rev = shipment.rev
+        self.book.apply_event(event.to_map(), time, index)  # refused moves are skipped
+        if shipment.rev == rev:
             return  # the shipment's document did not change: no row to rewrite
-        if after.state != before:
-            self._history.setdefault(event.shipment, []).append(
-                {"at": time, "state": after.state, "cause": index})
         self._touched_shipments.add(event.shipment)
 
     # -- what the block writes -------------------------------------------------------------
@@ -251,15 +243,14 @@ class World:
         return out
 
     def _shipment_row(self, s: Shipment) -> ShipmentRow:
-        doc = shipment_view(s, self._history.get(s.id, []), self._entries.get(s.id, []))
+        doc = shipment_view(s, self._entries.get(s.id, []))
         return ShipmentRow(s.id, s.state, _JSON(doc),
                            tuple((p.org, p.role) for p in s.parties),
                            tuple((a.dev, a.start, a.end) for a in s.assignments),
                            self._created_height.get(s.id, 0))
 
 
-def shipment_view(s: Shipment, history: list[dict[str, Any]], entries: list[int]
-                  ) -> dict[str, Any]:
+def shipment_view(s: Shipment, entries: list[int]) -> dict[str, Any]:
     """The JSON document of a shipment the API serves (`shipments.doc`)."""
     return {"id": s.id, "state": s.state,
             "parties": [{"org": p.org, "role": p.role} for p in s.parties],
@@ -268,11 +259,14 @@ def shipment_view(s: Shipment, history: list[dict[str, Any]], entries: list[int]
                             for a in s.assignments],
             "route": s.route, "geofences": s.geofences, "deadline": s.deadline,
             "contracts": list(s.contracts), "custodian": s.custodian, "created": s.created,
-            "custody": [{"at": at, "org": org, "cause": cause} for at, org, cause in s.custody],
+            "custody": [{"at": c.at, "org": c.org, "cause": c.cause, "entry": c.entry}
+                        for c in s.custody],
             "on_board": s.on_board,
             "unit_moves": [{"at": m.at, "t": m.t, "epc": m.epc, "action": m.action,
-                            "reader": m.reader, "cause": m.cause} for m in s.unit_moves],
-            "history": history, "entries": entries}
+                            "reader": m.reader, "cause": m.cause, "entry": m.entry}
+                           for m in s.unit_moves],
+            "history": [{"at": h.at, "state": h.state, "cause": h.entry} for h in s.history],
+            "entries": entries}
 
 
 def _status(rec: _ContractRecord) -> str:

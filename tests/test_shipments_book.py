@@ -54,7 +54,7 @@ def test_created_shipment_has_its_fields_and_the_shipper_as_custodian() -> None:
     assert s.custodian == "acme"
     assert s.units == (SSCC,)
     assert s.contracts == ("cold-chain-2-8",)
-    assert s.history == [(42, "created", "operator")]
+    assert s.history == [(42, "created", "operator", None)]
     assert book.get("SHP-1") is s
     assert book.for_unit(SSCC) == [s]
 
@@ -97,10 +97,10 @@ def test_contract_moves_and_apply_event() -> None:
     book.apply(state("in_transit"), 2)
     assert book.can_move("SHP-1", "out_of_compliance")
     book.apply_event({"contract": "c", "version": 1, "event": "excursion", "shipment": "SHP-1",
-                      "state": "out_of_compliance", "data": {}}, 7)
+                      "state": "out_of_compliance", "data": {}}, 7, entry=70)
     s = book.get("SHP-1")
     assert s is not None and s.state == "out_of_compliance"
-    assert s.history[-1] == (7, "out_of_compliance", "c@1:excursion")
+    assert s.history[-1] == (7, "out_of_compliance", "c@1:excursion", 70)
     # the same move again is skipped by apply_event, refused by set_state
     book.apply_event({"shipment": "SHP-1", "state": "out_of_compliance", "data": {}}, 8)
     with pytest.raises(ShipmentRejected):
@@ -109,7 +109,7 @@ def test_contract_moves_and_apply_event() -> None:
     book.apply_event({"contract": "k", "version": 2, "event": "custody_transfer",
                       "shipment": "SHP-1", "state": None, "data": {"to": "depot-org"}}, 10)
     assert s.custodian == "depot-org"
-    assert s.custody == [(10, "depot-org", "k@2:custody_transfer")]
+    assert s.custody == [(10, "depot-org", "k@2:custody_transfer", None)]
 
 
 

@@ -240,6 +240,10 @@ def test_pallet_scans_load_and_unload_units_on_the_ledger(tmp_path: Path) -> Non
     assert doc["on_board"] == []
     assert [(m["action"], m["reader"], m["t"]) for m in doc["unit_moves"]] == [
         ("loaded", "truck-1", T0), ("unloaded", "depot-reader-1", T0 + 90 * MIN)]
+    event_entries = [r[0] for r in cut.store.conn.execute("SELECT idx FROM events ORDER BY idx")]
+    assert [m["entry"] for m in doc["unit_moves"]] == event_entries
+    assert doc["history"] == [{"at": doc["created"], "state": "created",
+                               "cause": doc["entries"][0]}]
     assert verify_store(cut.store.path).ok           # the replay derives the same moves
     path = cut.store.path
     cut.store.close()
