@@ -23,8 +23,8 @@ from hsm.certcheck import load_ca_anchor
 from hsm.errors import CaCertificateInvalid
 from ledger_node import entries as entry_types
 from ledger_node.admin import (
-    ADMIN_TYPES,
-    NODE_SET_CHANGED,
+    BUSINESS_TYPES,
+    CONSORTIUM_TYPES,
     AdminRejected,
     apply_operator_entry,
     check_node_set_change,
@@ -391,12 +391,14 @@ class Chain:
                                 "only a genesis entry may be written by a node")
         try:
             op = decode_operator_entry(entry, self.ca_cert, time)
-            if op.type == NODE_SET_CHANGED:  # in force from the next block (ledger_node.quorum)
+            # three owners: the node set (ledger_node.quorum; in force from the next block),
+            # the business world (shipments, contracts), the device registry (admin)
+            if op.type in CONSORTIUM_TYPES:
                 genesis = self.store.entry(0)
                 check_node_set_change(op, entry_types.decode_admin(genesis) if genesis else None,
                                       time)
                 return AdminOutcome(entry_hash, kind, ADMIN_ACCEPTED)
-            if op.type not in ADMIN_TYPES:  # shipments and contracts
+            if op.type in BUSINESS_TYPES:
                 self.world.operator(op, index, height, time)
                 return AdminOutcome(entry_hash, kind, ADMIN_ACCEPTED)
             applied = apply_operator_entry(op, view, self.ca_cert or b"", height, time)

@@ -536,8 +536,7 @@ class LedgerNode:
                 "verify_workers": self.cfg.verify_processes,
                 "blocks": self.block_stats.snapshot(),
                 "shipments": len(self.chain.world.book.all()),
-                "contracts": sum(1 for r in self.chain.world.contracts.values()
-                                 if r.retired is None and r.superseded is None),
+                "contracts": self.chain.world.live_contracts,
                 **({"webhooks": self.webhooks.status()} if self.webhooks else {}),
                 **({"consortium": self.consortium.status()} if self.consortium else {}),
                 **self.stats.as_dict()}

@@ -115,6 +115,13 @@ class World:
         self.audit_rows: list[tuple[int, str]] = []
 
     @property
+    def live_contracts(self) -> int:
+        """How many contract versions are in force or pending (neither retired nor
+        superseded)."""
+        return sum(1 for r in self.contracts.values()
+                   if r.retired is None and r.superseded is None)
+
+    @property
     def active(self) -> bool:
         """Whether any contract was ever registered (else readings need not be shown)."""
         return bool(self.contracts)
