@@ -36,7 +36,10 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+
+import paho.mqtt.client as mqtt
 
 from hsm import SoftwareSigner, verify_es256
 from ledger_node.bench_rig import (
@@ -56,13 +59,16 @@ from trustfleet.topics import up_topic
 FLEET = "bench"
 T0 = 1_763_700_000_000
 
+Chain = list[tuple[str, int, bytes]]
+"""Signed readings as (device, seq, envelope or batched reading)."""
+
 
 def presign(devices: int, per_device: int, batch: int = 1
-            ) -> tuple[dict[str, bytes], list[list[tuple[str, int, bytes]]]]:
+            ) -> tuple[dict[str, bytes], list[Chain]]:
     """Device keys, and each device's chain of signed readings (seq 1..per_device);
     `batch` > 1: batch signing."""
     keys: dict[str, bytes] = {}
-    chains: list[list[tuple[str, int, bytes]]] = []
+    chains: list[Chain] = []
     for i in range(devices):
         dev = f"bench-{i:04d}"
         signer = SoftwareSigner.generate()
@@ -81,17 +87,16 @@ def presign(devices: int, per_device: int, batch: int = 1
     return keys, chains
 
 
-def interleave(chains: list[list[tuple[str, int, bytes]]], first: int, last: int
-               ) -> list[tuple[str, int, bytes]]:
+def interleave(chains: list[Chain], first: int, last: int) -> Chain:
     """Readings first..last-1 (0-based) of every device, devices interleaved as a fleet's."""
     return [item for group in zip(*(c[first:last] for c in chains), strict=True)
             for item in group]
 
 
 def presign_batched(dev: str, signer: SoftwareSigner, per_device: int, batch: int
-                    ) -> list[tuple[str, int, bytes]]:
+                    ) -> Chain:
     prev = GENESIS_PREV
-    chain: list[tuple[str, int, bytes]] = []
+    chain: Chain = []
     for first in range(1, per_device + 1, batch):
         payloads = []
         for seq in range(first, min(first + batch, per_device + 1)):
@@ -103,6 +108,65 @@ def presign_batched(dev: str, signer: SoftwareSigner, per_device: int, batch: in
         items = sign_batch(payloads, dev, first, T0 + first * 1000, signer.kid, signer.sign)
         chain.extend((dev, first + i, item) for i, item in enumerate(items))
     return chain
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The readings a bench run signs ahead: `per_device` for each device's burst, then
+    `steady_per_device` for the steady phase; `batch` > 1: batch signing."""
+
+    devices: int
+    per_device: int
+    steady_per_device: int
+    batch: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Workload:
+        """From --devices, --readings, --steady-rate, --steady-seconds and --batch."""
+        return cls(devices=args.devices, per_device=max(1, args.readings // args.devices),
+                   steady_per_device=int(args.steady_rate * args.steady_seconds)
+                   // args.devices, batch=args.batch)
+
+    @property
+    def total(self) -> int:
+        """Readings in the burst, all devices together."""
+        return self.per_device * self.devices
+
+    def presign(self, prog: str) -> tuple[dict[str, bytes], Chain, Chain]:
+        """Device keys, the burst's readings and the steady phase's, devices interleaved;
+        says so first on stdout as `prog`."""
+        how = f"in batches of {self.batch}" if self.batch > 1 else "one signature each"
+        print(f"{prog}: pre-signing {self.total} + {self.steady_per_device * self.devices} "
+              f"readings for {self.devices} devices ({how})...", flush=True)
+        keys, chains = presign(self.devices, self.per_device + self.steady_per_device,
+                               self.batch)
+        return (keys, interleave(chains, 0, self.per_device),
+                interleave(chains, self.per_device, self.per_device + self.steady_per_device))
+
+
+def add_batch_argument(ap: argparse.ArgumentParser) -> None:
+    """`--batch N` (checked by `parse_bench_args`)."""
+    ap.add_argument("--batch", type=int, default=1, metavar="N",
+                    help="batch signing: one signature per N readings of a device (1: off)")
+
+
+def parse_bench_args(ap: argparse.ArgumentParser, argv: list[str] | None
+                     ) -> argparse.Namespace:
+    """`ap`'s arguments, with --batch between 1 and MAX_BATCH (else exit 2, like argparse)."""
+    args = ap.parse_args(argv)
+    if not 1 <= args.batch <= MAX_BATCH:
+        ap.error(f"--batch must be between 1 and {MAX_BATCH}")
+    return args
+
+
+def receipts(port: int, name: str) -> tuple[Latencies, mqtt.Client]:
+    """A client `name` on the broker at `port`, subscribed to every bench device's receipts
+    and recording them in the Latencies returned with it."""
+    lat = Latencies()
+    sub = client(port, name)
+    sub.on_message = lat.on_message
+    sub.subscribe(f"tf/v1/{FLEET}/+/receipt", qos=1)
+    return lat, sub
 
 
 def _verify_loop(seconds: float) -> tuple[int, float]:
@@ -175,14 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verify-workers", type=int, default=None, metavar="N",
                     help="the node's verify_workers (default: the node's default)")
     ap.add_argument("--timeout", type=float, default=300, help="give up after seconds (300)")
-    ap.add_argument("--batch", type=int, default=1, metavar="N",
-                    help="batch signing: one signature per N readings of a device (1: off)")
-    args = ap.parse_args(argv)
-    if not 1 <= args.batch <= MAX_BATCH:
-        ap.error(f"--batch must be between 1 and {MAX_BATCH}")
-    per_device = max(1, args.readings // args.devices)
-    total = per_device * args.devices
-    steady_per_device = int(args.steady_rate * args.steady_seconds) // args.devices
+    add_batch_argument(ap)
+    args = parse_bench_args(ap, argv)
+    work = Workload.from_args(args)
+    per_device, total = work.per_device, work.total
     cores = os.cpu_count() or 1
 
     print("bench: raw P-256 verification rate (cryptography/OpenSSL): 1 core, then "
@@ -191,12 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_threads = raw_verify_rate_threads(cores)
     raw_procs = raw_verify_rate_processes(cores)
     raw_all = max(raw_threads, raw_procs)
-    how = f"in batches of {args.batch}" if args.batch > 1 else "one signature each"
-    print(f"bench: pre-signing {total} + {steady_per_device * args.devices} readings for "
-          f"{args.devices} devices ({how})...", flush=True)
-    keys, chains = presign(args.devices, per_device + steady_per_device, args.batch)
-    burst = interleave(chains, 0, per_device)
-    steady = interleave(chains, per_device, per_device + steady_per_device)
+    keys, burst, steady = work.presign("bench")
 
     extra: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp_name:
@@ -205,10 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             (tmp / "node.toml").write_text(f"[node]\nverify_workers = {args.verify_workers}\n")
             extra = ["--config", str(tmp / "node.toml")]
         with running_node(tmp, keys, FLEET, extra) as node:
-            lat = Latencies()
-            sub = client(node.mqtt_port, "bench-receipts")
-            sub.on_message = lat.on_message
-            sub.subscribe(f"tf/v1/{FLEET}/+/receipt", qos=1)
+            lat, sub = receipts(node.mqtt_port, "bench-receipts")
             pub = RawPublisher(node.mqtt_port, "bench-publisher")
             time.sleep(0.5)
             topics = {d: up_topic(FLEET, d) for d in keys}

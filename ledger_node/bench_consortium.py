@@ -27,27 +27,30 @@ import tempfile
 import time
 from pathlib import Path
 
-from ledger_node.bench import interleave, presign
+from ledger_node.bench import (
+    FLEET,
+    Chain,
+    Workload,
+    add_batch_argument,
+    parse_bench_args,
+    receipts,
+)
 from ledger_node.bench_rig import (
     CpuClock,
     Latencies,
     RawPublisher,
     Steady,
-    client,
     percentile,
     running_node,
 )
 from ledger_node.consortium.rig import start_rig
-from trustfleet.batch import MAX_BATCH
 from trustfleet.topics import up_topic
 
-FLEET = "bench"
 TARGET_RATE = 10_000
 TARGET_P99_S = 1.0
 
 
-def burst(port: int, items: list[tuple[str, int, bytes]], timeout: float,
-          lat: Latencies) -> tuple[int, float]:
+def burst(port: int, items: Chain, timeout: float, lat: Latencies) -> tuple[int, float]:
     """Publish `items` at once; (readings receipted, seconds until the last receipt)."""
     pub = RawPublisher(port, f"bench-burst-{os.getpid()}")
     topics = {dev: up_topic(FLEET, dev) for dev, _, _ in items}
@@ -82,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steady-rate", type=float, default=1000,
                     help="readings/s in the latency phase (1000; 0: none)")
     ap.add_argument("--steady-seconds", type=float, default=10, help="its length (10)")
-    ap.add_argument("--batch", type=int, default=1, metavar="N",
-                    help="batch signing: one signature per N readings of a device (1: off)")
+    add_batch_argument(ap)
     ap.add_argument("--verify-workers", type=int, default=0,
                     help="verify_workers of every consortium node (0: in the apply thread; "
                          "four nodes already share this machine's cores)")
@@ -91,27 +93,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="block_interval_ms of every consortium node (500: fewer, larger "
                          "blocks; every block costs each node a commit, a signature, a post)")
     ap.add_argument("--timeout", type=float, default=600, help="give up after seconds (600)")
-    args = ap.parse_args(argv)
-    if not 1 <= args.batch <= MAX_BATCH:
-        ap.error(f"--batch must be between 1 and {MAX_BATCH}")
-    per_device = max(1, args.readings // args.devices)
-    total = per_device * args.devices
-    steady_per_device = int(args.steady_rate * args.steady_seconds) // args.devices
-    how = f"in batches of {args.batch}" if args.batch > 1 else "one signature each"
-    print(f"bench-consortium: pre-signing {total} + {steady_per_device * args.devices} "
-          f"readings for {args.devices} devices ({how})...", flush=True)
-    keys, chains = presign(args.devices, per_device + steady_per_device, args.batch)
-    first = interleave(chains, 0, per_device)
-    steady = interleave(chains, per_device, per_device + steady_per_device)
+    args = parse_bench_args(ap, argv)
+    work = Workload.from_args(args)
+    total = work.total
+    keys, first, steady = work.presign("bench-consortium")
 
     with tempfile.TemporaryDirectory(prefix="tf-bench-solo-") as tmp:
         print(f"bench-consortium: single node (solo ordering): {total} readings at once...",
               flush=True)
         with running_node(Path(tmp), keys, FLEET) as node:
-            lat = Latencies()
-            sub = client(node.mqtt_port, "bench-receipts")
-            sub.on_message = lat.on_message
-            sub.subscribe(f"tf/v1/{FLEET}/+/receipt", qos=1)
+            lat, sub = receipts(node.mqtt_port, "bench-receipts")
             time.sleep(0.5)
             solo_done, solo_s = burst(node.mqtt_port, first, args.timeout, lat)
             sub.disconnect()
@@ -129,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "block_interval_ms": args.block_interval_ms,
                                   "heartbeat_ms": 10_000})
         try:
-            lat = Latencies()
-            sub = client(rig.mqtt_port, "bench-final-receipts")
-            sub.on_message = lat.on_message
-            sub.subscribe(f"tf/v1/{FLEET}/+/receipt", qos=1)
+            lat, sub = receipts(rig.mqtt_port, "bench-final-receipts")
             time.sleep(0.5)
             pids = [n.proc.pid for n in rig.nodes.values() if n.proc is not None]
             etcd_pids = [m.proc.pid for m in rig.etcd.members if m.proc is not None]

@@ -3,7 +3,7 @@
 Each changing command builds an operator entry (ledger_node.admin), signs it with the
 operator's key in its HSM token, and submits it to a node (`--node URL`) or writes it to a file
 (`--out FILE`, to submit later with `trustfleet device submit`) — the same keys, certificates
-and transport as `trustfleet device` (see ledger_node.device_cli). A contract document is
+and transport as `trustfleet device` (see ledger_node.operator_client). A contract document is
 parsed and checked here before it is signed, so an error is reported with its line and column
 before anything reaches a node; the node checks it again when it takes the entry.
 
@@ -27,10 +27,10 @@ import datetime as dt
 import json
 import os
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,8 @@ from ledger_node.admin import (
     SHIPMENT_ASSIGNED,
     SHIPMENT_CREATED,
     SHIPMENT_STATE,
-    build_operator_entry,
 )
-from ledger_node.device_cli import OPERATOR_TOKEN, Fail, operator_signer, post_entry
+from ledger_node.operator_client import Fail, add_operator_arguments, run_delivery
 
 Sub = argparse._SubParsersAction  # type: ignore[type-arg]
 SHIPMENT_FIELDS = ("shipment", "parties", "units", "route", "geofences", "deadline", "contracts")
@@ -57,7 +56,7 @@ def register(sub: Sub) -> None:
                               "(operator); list and show them")
     ssub = shipment.add_subparsers(dest="shipment_command", required=True)
     create = ssub.add_parser("create", help="create a shipment")
-    _signing(create)
+    add_operator_arguments(create)
     create.add_argument("--file", type=Path, help="YAML or JSON with the shipment's fields: "
                         f"{', '.join(SHIPMENT_FIELDS)}")
     create.add_argument("--shipment", help="shipment id")
@@ -75,7 +74,7 @@ def register(sub: Sub) -> None:
     create.set_defaults(func=_create)
 
     assign = ssub.add_parser("assign", help="assign a device to a shipment from a time")
-    _signing(assign)
+    add_operator_arguments(assign)
     assign.add_argument("--shipment", required=True)
     assign.add_argument("--device", required=True)
     assign.add_argument("--start", required=True, help="device time from which it counts")
@@ -83,7 +82,7 @@ def register(sub: Sub) -> None:
     assign.set_defaults(func=_assign)
 
     state = ssub.add_parser("state", help="move a shipment's state")
-    _signing(state)
+    add_operator_arguments(state)
     state.add_argument("--shipment", required=True)
     state.add_argument("--state", required=True,
                        choices=("in_transit", "delivered", "cancelled"))
@@ -102,13 +101,13 @@ def register(sub: Sub) -> None:
     for name, helptext in (("register", "register a new contract document"),
                            ("upgrade", "register a higher version of a live contract")):
         p = csub.add_parser(name, help=helptext)
-        _signing(p)
+        add_operator_arguments(p)
         p.add_argument("file", type=Path, help="the contract document (YAML or JSON)")
         p.add_argument("--effective", help="ledger time it takes effect (default: at once)")
         p.set_defaults(func=_register, entry_type=CONTRACT_REGISTERED if name == "register"
                        else CONTRACT_UPGRADED)
     retire = csub.add_parser("retire", help="retire a live contract")
-    _signing(retire)
+    add_operator_arguments(retire)
     retire.add_argument("name")
     retire.set_defaults(func=_retire)
     for name, helptext in (("list", "contracts on a node"), ("show", "one contract's versions")):
@@ -120,16 +119,6 @@ def register(sub: Sub) -> None:
     from ledger_node.contracts.cli import add_test_parser
 
     add_test_parser(csub)
-
-
-def _signing(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--node", help="node API URL to submit to, e.g. http://127.0.0.1:8080")
-    where.add_argument("--out", type=Path, help="write the signed entry to this file")
-    p.add_argument("--rig", type=Path, help="SoftHSM test rig (fleet-ca, operator tokens)")
-    p.add_argument("--operator-token", default=OPERATOR_TOKEN, help="operator token label")
-    p.add_argument("--operator-cert", type=Path, help="operator certificate (without --rig)")
-    p.add_argument("--timeout", type=float, default=30, help="seconds to wait for the node")
 
 
 def _reading(p: argparse.ArgumentParser) -> None:
@@ -209,25 +198,8 @@ def shipment_body(args: argparse.Namespace) -> dict[str, Any]:
             "deadline": base.get("deadline"), "contracts": base.get("contracts", [])}
 
 
-def _deliver(args: argparse.Namespace, make_body: Any) -> int:
-    from hsm.errors import HsmError
-
-    try:
-        body = make_body()
-        signer, cert = operator_signer(args)
-        try:
-            entry = build_operator_entry({**body, "t": time.time_ns() // 1_000_000}, signer,
-                                         cert)
-        finally:
-            signer.close()
-        if args.out is not None:
-            args.out.write_bytes(entry)
-            print(f"wrote signed {body['type']} entry to {args.out}")
-            return 0
-        return post_entry(args.node, entry, args.timeout)
-    except (Fail, HsmError, ValueError) as exc:
-        print(f"trustfleet: {exc}", file=sys.stderr)
-        return 2
+def _deliver(args: argparse.Namespace, make_body: Callable[[], dict[str, Any]]) -> int:
+    return run_delivery(args, make_body, lambda body: f"{body['type']} entry", "trustfleet")
 
 
 def _create(args: argparse.Namespace) -> int:

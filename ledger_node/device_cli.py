@@ -7,7 +7,8 @@ checks it at the ledger time of the block that takes it and answers with the out
 
 Keys and certificates: with `--rig DIR` (a SoftHSM test rig) the operator token `operator`
 and the certificates come from the rig's fleet CA. Otherwise give `--operator-cert FILE`,
-`--operator-token LABEL` and the PIN in TRUSTFLEET_OPERATOR_PIN or TRUSTFLEET_OPERATOR_PIN_FILE.
+`--operator-token LABEL` and the PIN in TRUSTFLEET_OPERATOR_PIN or TRUSTFLEET_OPERATOR_PIN_FILE
+(ledger_node.operator_client signs and submits, for every operator CLI).
 
 Submitting needs no API token (an operator entry authenticates itself by its signature);
 reading the device list does (`device list`, and `rotate` asking the node for the current
@@ -21,15 +22,21 @@ import argparse
 import json
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ledger_node.admin import DEVICE_ENROLLED, DEVICE_REVOKED, DEVICE_ROTATED, build_operator_entry
+from ledger_node.admin import DEVICE_ENROLLED, DEVICE_REVOKED, DEVICE_ROTATED
+from ledger_node.operator_client import (
+    Fail,
+    add_operator_arguments,
+    post_entry,
+    read_cert,
+    run_delivery,
+)
 
-OPERATOR_TOKEN = "operator"
 API_TOKEN_ENV = "TRUSTFLEET_TOKEN"
 
 
@@ -39,13 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", required=True, help="device id (the certificate's CN)")
-        where = p.add_mutually_exclusive_group(required=True)
-        where.add_argument("--node", help="node API URL to submit to, e.g. http://127.0.0.1:8080")
-        where.add_argument("--out", type=Path, help="write the signed entry to this file")
-        p.add_argument("--rig", type=Path, help="SoftHSM test rig (fleet-ca, operator tokens)")
-        p.add_argument("--operator-token", default=OPERATOR_TOKEN, help="operator token label")
-        p.add_argument("--operator-cert", type=Path, help="operator certificate (without --rig)")
-        p.add_argument("--timeout", type=float, default=30, help="seconds to wait for the node")
+        add_operator_arguments(p)
 
     enroll = dsub.add_parser("enroll", help="enrol a device with its certificate")
     common(enroll)
@@ -83,46 +84,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lst.set_defaults(func=_list)
 
 
-class _Fail(Exception):
-    pass
-
-
-def _operator(args: argparse.Namespace) -> tuple[Any, bytes]:
-    from hsm import signer_from_settings
-
-    if args.rig is not None:
-        from hsm import SoftHsmRig, ensure_ca, ensure_certificates
-
-        rig = SoftHsmRig(args.rig)
-        ensure_ca(rig)
-        rig.ensure_token(args.operator_token)
-        cert = ensure_certificates(rig, {args.operator_token: "operator"})[args.operator_token]
-    elif args.operator_cert is not None:
-        cert = _read_cert(args.operator_cert)
-    else:
-        raise _Fail("give --rig, or --operator-cert with the operator's token")
-    signer = signer_from_settings(os.environ.get("TRUSTFLEET_PKCS11_MODULE",
-                                                 "/usr/lib/softhsm/libsofthsm2.so"),
-                                  args.operator_token, rig_dir=args.rig,
-                                  pin_env="TRUSTFLEET_OPERATOR_PIN",
-                                  pin_file_env="TRUSTFLEET_OPERATOR_PIN_FILE")
-    return signer, cert
-
-
-def _read_cert(path: Path) -> bytes:
-    from hsm.x509 import pem_or_der_to_der
-
-    try:
-        return pem_or_der_to_der(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise _Fail(f"cannot read certificate {path}: {exc}") from None
-
-
 def _device_cert(args: argparse.Namespace, token: str | None) -> bytes:
     if args.cert is not None:
-        return _read_cert(args.cert)
+        return read_cert(args.cert)
     if args.rig is None:
-        raise _Fail("give --cert, or --rig to issue one from the test rig's CA")
+        raise Fail("give --cert, or --rig to issue one from the test rig's CA")
     from hsm import SoftHsmRig, ensure_ca, issue_for_token
 
     rig = SoftHsmRig(args.rig)
@@ -130,45 +96,6 @@ def _device_cert(args: argparse.Namespace, token: str | None) -> bytes:
     label = token or args.device
     rig.ensure_token(label)
     return issue_for_token(rig, label, "device", subject_id=args.device)
-
-
-def _deliver(args: argparse.Namespace, body: dict[str, Any]) -> int:
-    signer, cert = _operator(args)
-    try:
-        entry = build_operator_entry({**body, "t": time.time_ns() // 1_000_000}, signer, cert)
-    finally:
-        signer.close()
-    if args.out is not None:
-        args.out.write_bytes(entry)
-        print(f"wrote signed {body['type']} entry for {body['dev']} to {args.out}")
-        return 0
-    return _post(args.node, entry, args.timeout)
-
-
-def _post(node: str, entry: bytes, timeout: float) -> int:
-    req = urllib.request.Request(f"{node.rstrip('/')}/v1/admin/entries?wait={timeout}",
-                                 data=entry, method="POST",
-                                 headers={"Content-Type": "application/cose"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout + 5) as resp:
-            outcome = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            outcome = json.loads(body) if exc.code == 422 else None
-        except ValueError:
-            outcome = None
-        if not isinstance(outcome, dict) or "status" not in outcome:
-            detail = body.decode(errors="replace")[:500]
-            raise _Fail(f"node answered {exc.code}: {detail}") from None
-    except (OSError, ValueError) as exc:
-        raise _Fail(f"cannot reach node {node}: {exc}") from None
-    status = outcome.get("status")
-    where = f" in block {outcome['height']}" if outcome.get("height") is not None else ""
-    print(f"{outcome.get('kind', 'entry')} for {outcome.get('device')}: {status}{where}"
-          + (f" — {outcome.get('reason')}: {outcome.get('detail')}"
-             if status == "rejected" else ""))
-    return 0 if status in ("accepted", "duplicate") else 1
 
 
 def _api_token(args: argparse.Namespace) -> str | None:
@@ -193,21 +120,16 @@ def _current_kid(node: str, dev: str, token: str | None = None) -> bytes:
     try:
         devices = _get_devices(node, token)
     except (OSError, ValueError) as exc:
-        raise _Fail(f"cannot ask {node} for the current key: {exc}; give --replaces") from None
+        raise Fail(f"cannot ask {node} for the current key: {exc}; give --replaces") from None
     for d in devices:
         if d.get("id") == dev:
             return bytes.fromhex(d["kid"])
-    raise _Fail(f"{dev!r} is not enrolled on {node}")
+    raise Fail(f"{dev!r} is not enrolled on {node}")
 
 
-def _run(args: argparse.Namespace, body_of: Any) -> int:
-    from hsm.errors import HsmError
-
-    try:
-        return _deliver(args, body_of())
-    except (_Fail, HsmError, ValueError) as exc:
-        print(f"trustfleet device: {exc}", file=sys.stderr)
-        return 2
+def _run(args: argparse.Namespace, body_of: Callable[[], dict[str, Any]]) -> int:
+    return run_delivery(args, body_of, lambda body: f"{body['type']} entry for {body['dev']}",
+                        "trustfleet device")
 
 
 def _enroll(args: argparse.Namespace) -> int:
@@ -227,7 +149,7 @@ def _rotate(args: argparse.Namespace) -> int:
         elif args.node:
             replaces = _current_kid(args.node, args.device, _api_token(args))
         else:
-            raise _Fail("give --replaces KID when writing to --out")
+            raise Fail("give --replaces KID when writing to --out")
         return {"type": DEVICE_ROTATED, "dev": args.device,
                 "cert": _device_cert(args, args.token), "replaces": replaces}
 
@@ -238,8 +160,8 @@ def _submit(args: argparse.Namespace) -> int:
     worst = 0
     for path in args.files:
         try:
-            worst = max(worst, _post(args.node, path.read_bytes(), args.timeout))
-        except (_Fail, OSError) as exc:
+            worst = max(worst, post_entry(args.node, path.read_bytes(), args.timeout))
+        except (Fail, OSError) as exc:
             print(f"trustfleet device submit: {path}: {exc}", file=sys.stderr)
             worst = 2
     return worst
@@ -258,8 +180,3 @@ def _list(args: argparse.Namespace) -> int:
               f"{d['kid'][:16]}…")
     return 0
 
-
-# Shared with `trustfleet shipment` and `trustfleet contract` (ledger_node.business_cli).
-Fail = _Fail
-operator_signer = _operator
-post_entry = _post

@@ -8,9 +8,7 @@ tests in test_delivery_faults.py and test_e2e_fleet.py).
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.status import read_status
 from firmware_shims.w1_sysfs import W1SysfsShim
 from hsm import SoftwareSigner
-from tests.fleet import NodeProcess, start_node, write_enrollments
+from tests.fleet import NodeProcess
 from trustfleet.procs import wait_for
 
 pytestmark = pytest.mark.slow
@@ -47,36 +45,10 @@ class Scripted:
         pass
 
 
-class Running:
-    def __init__(self, agent: EdgeAgent) -> None:
-        self.agent = agent
-        self.thread = threading.Thread(target=agent.run, kwargs={"tick_s": 0.05})
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.agent.stop_event.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-
-
 @pytest.fixture
-def signer() -> SoftwareSigner:
-    return SoftwareSigner.generate()
-
-
-@pytest.fixture
-def node_factory(tmp_path: Path, broker: Any, device_rig: Any,
-                 signer: SoftwareSigner) -> Iterator[Any]:
-    enroll = write_enrollments(tmp_path / "enroll.json", {DEV: signer.public_key_der()})
-    nodes: list[NodeProcess] = []
-
-    def start() -> NodeProcess:
-        nodes.append(start_node(tmp_path / "node", device_rig.directory, broker.port, enroll))
-        return nodes[-1]
-
-    yield start
-    for node in nodes:
-        node.stop()
+def agent_device() -> str:
+    """The device conftest's `node_factory` enrols (under conftest's `signer`)."""
+    return DEV
 
 
 def ledger(node: NodeProcess) -> list[dict[str, Any]]:
@@ -103,7 +75,8 @@ def drained(cfg: AgentConfig) -> bool:
 
 
 def test_a_full_outbox_is_thinned_and_the_ledger_gets_a_gapless_chain_with_every_event(
-        tmp_path: Path, broker: Any, signer: SoftwareSigner, node_factory: Any) -> None:
+        tmp_path: Path, broker: Any, signer: SoftwareSigner, node_factory: Any,
+        run_agent: Any) -> None:
     cfg = config(tmp_path, broker, outbox_max_mb=1, window=100, status_interval_s=1,
                  max_publish_per_s=2000, message_max=100)
     samples: list[Sample] = []
@@ -121,7 +94,7 @@ def test_a_full_outbox_is_thinned_and_the_ledger_gets_a_gapless_chain_with_every
                         Sample("temp", {"c": 12.5, "probe": "28-000000000001"},
                                T0 + i * 1000, "gps")]
     source = Scripted(samples, per_read=400)
-    run = Running(EdgeAgent(cfg, signer, [source], AgentClock()))
+    run = run_agent(EdgeAgent(cfg, signer, [source], AgentClock()))
     try:
         wait_for(lambda: not source.samples and run.agent.stats.thinned > 0, 30,
                  "backlog thinned while the ledger is away")
@@ -144,7 +117,8 @@ def test_a_full_outbox_is_thinned_and_the_ledger_gets_a_gapless_chain_with_every
 
 
 def test_after_a_power_cut_the_rtc_reads_1970_and_readings_keep_seq_order_marked_rtc(
-        tmp_path: Path, broker: Any, signer: SoftwareSigner, node_factory: Any) -> None:
+        tmp_path: Path, broker: Any, signer: SoftwareSigner, node_factory: Any,
+        run_agent: Any) -> None:
     w1 = W1SysfsShim(tmp_path / "w1", index=1, count=1).create()
     w1.update(time.time())
     cfg = config(tmp_path, broker, status_interval_s=1)
@@ -156,7 +130,7 @@ def test_after_a_power_cut_the_rtc_reads_1970_and_readings_keep_seq_order_marked
     fix = Scripted([Sample("gps", {"lat": 51.9, "lon": 4.4, "speed": 0.0, "course": None,
                                    "fix": 1}, gps_time, "gps")], per_read=1)
     w1c = W1TemperatureCollector(cfg.w1_dir or Path(), clock=clock.now)
-    run = Running(EdgeAgent(cfg, signer, [fix, Polled(w1c.read, 0.2)], clock))
+    run = run_agent(EdgeAgent(cfg, signer, [fix, Polled(w1c.read, 0.2)], clock))
     wait_for(lambda: read_status(cfg.outbox_path)["receipt_seq"] >= 5, 30, "readings before")
     node.stop()  # the ledger is away at the moment the power goes: some are unreceipted
     time.sleep(0.5)
@@ -167,7 +141,7 @@ def test_after_a_power_cut_the_rtc_reads_1970_and_readings_keep_seq_order_marked
     boot = time.monotonic()
     rtc = AgentClock(wall_ms=lambda: int((time.monotonic() - boot) * 1000))
     w1c = W1TemperatureCollector(cfg.w1_dir or Path(), clock=rtc.now)
-    run = Running(EdgeAgent(cfg, signer, [Polled(w1c.read, 0.2)], rtc))
+    run = run_agent(EdgeAgent(cfg, signer, [Polled(w1c.read, 0.2)], rtc))
     node = node_factory()
     try:
         wait_for(lambda: drained(cfg) and read_status(cfg.outbox_path)["last_seq"] > before + 8,

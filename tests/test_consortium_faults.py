@@ -21,8 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -31,8 +30,9 @@ from ledger_node.consortium.rig import (
     ConsortiumRig,
     block_hashes,
     committed_seqs,
+    device_readings,
     publish,
-    start_rig,
+    verify_node,
     wait_until,
 )
 from trustfleet.topics import up_topic
@@ -45,18 +45,8 @@ DEVICES = 16
 
 @pytest.fixture
 def devices() -> list[SignedDevice]:
+    """The trucks conftest's `rig` enrols."""
     return [SignedDevice(f"truck-{i:02d}", PER_DEVICE) for i in range(DEVICES)]
-
-
-@pytest.fixture
-def rig(tmp_path: Path, devices: list[SignedDevice]) -> Iterator[ConsortiumRig]:
-    r = start_rig(tmp_path, 4, {d.dev: d.signer.public_key_der() for d in devices})
-    yield r
-    r.stop()
-
-
-def items(devs: list[SignedDevice], first: int, last: int) -> list[tuple[str, bytes]]:
-    return [(up_topic(FLEET, d.dev), d.readings[s]) for s in range(first, last) for d in devs]
 
 
 def load_with_fault(rig: ConsortiumRig, devs: list[SignedDevice],
@@ -68,7 +58,7 @@ def load_with_fault(rig: ConsortiumRig, devs: list[SignedDevice],
     def publisher() -> None:
         try:
             for w in range(waves):
-                publish(rig.mqtt_port, items(devs, w * step, (w + 1) * step),
+                publish(rig.mqtt_port, device_readings(devs, w * step, (w + 1) * step, FLEET),
                         client_id=f"load-{w}")
                 time.sleep(0.25)
         except BaseException as exc:
@@ -120,9 +110,7 @@ def settle_and_check(rig: ConsortiumRig, devs: list[SignedDevice],
         assert readings == entries == expected, (node.node_id, readings, entries)
     rig.stop()
     for node in rig.nodes.values():
-        result = subprocess.run([sys.executable, "-m", "trustfleet.cli", "verify", "--data",
-                                 str(node.data), "-q"], capture_output=True, text=True,
-                                timeout=300)
+        result = verify_node(node.data)
         assert result.returncode == 0, (node.node_id, result.stdout, result.stderr)
 
 
@@ -209,7 +197,7 @@ def test_a_ledger_node_frozen_for_20_s_then_resumed(rig: ConsortiumRig,
 
 def test_a_tampered_node_is_found_by_itself_and_by_comparison(
         rig: ConsortiumRig, devices: list[SignedDevice]) -> None:
-    publish(rig.mqtt_port, items(devices, 0, 40))
+    publish(rig.mqtt_port, device_readings(devices, 0, 40, FLEET))
     wait_until(lambda: all(len(committed_seqs(n.db).get(devices[0].dev, ())) == 40
                            for n in rig.nodes.values()), 120, "readings on all nodes")
     victim = rig.nodes["node-3"]
@@ -227,8 +215,7 @@ def test_a_tampered_node_is_found_by_itself_and_by_comparison(
     victim.wait_ready()
 
     # Itself: its store no longer reproduces the signed root; it will not serve that proof.
-    result = subprocess.run([sys.executable, "-m", "trustfleet.cli", "verify", "--data",
-                             str(victim.data), "-q"], capture_output=True, text=True, timeout=300)
+    result = verify_node(victim.data)
     assert result.returncode == 1 and f"block {height}" in result.stdout, result.stdout
     import urllib.error
 
@@ -248,9 +235,7 @@ def test_a_tampered_node_is_found_by_itself_and_by_comparison(
                      "the other nodes hold under the same signed header (its store was "
                      "changed)"], compare.stdout
     for other in ("node-1", "node-2", "node-4"):
-        ok = subprocess.run([sys.executable, "-m", "trustfleet.cli", "verify", "--data",
-                             str(rig.nodes[other].data), "-q"], capture_output=True, text=True,
-                            timeout=300)
+        ok = verify_node(rig.nodes[other].data)
         assert ok.returncode == 0, ok.stdout
 
     # Its tip changed: it refuses to start at all (exit 3, a damaged store).

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +27,14 @@ from ledger_node.consortium.rig import (
     ConsortiumRig,
     block_hashes,
     committed_seqs,
+    device_readings,
     publish,
     start_rig,
+    verify_node,
     wait_until,
 )
 from ledger_node.quorum import node_set_from_genesis
 from trustfleet.receipt import Receipt, decode_receipt
-from trustfleet.topics import up_topic
 
 pytestmark = pytest.mark.slow
 FLEET = "test"
@@ -44,11 +42,8 @@ FLEET = "test"
 
 @pytest.fixture
 def devices() -> list[SignedDevice]:
+    """The trucks conftest's `rig` enrols."""
     return [SignedDevice(f"truck-{i:02d}", 64) for i in range(12)]
-
-
-def readings_of(devs: list[SignedDevice], first: int, last: int) -> list[tuple[str, bytes]]:
-    return [(up_topic(FLEET, d.dev), d.readings[s]) for s in range(first, last) for d in devs]
 
 
 def all_committed(rig: ConsortiumRig, devs: list[SignedDevice], upto: int,
@@ -64,11 +59,6 @@ def same_blocks(rig: ConsortiumRig, nodes: list[str] | None = None) -> list[byte
     for c in chains[1:]:
         assert c[:common] == chains[0][:common]
     return chains[0][:common]
-
-
-def verify_cli(data: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trustfleet.cli", "verify", "--data",
-                           str(data), "-q"], capture_output=True, text=True, timeout=300)
 
 
 class Receipts:
@@ -93,18 +83,12 @@ class Receipts:
         self.client.disconnect()
 
 
-@pytest.fixture
-def rig(tmp_path: Path, devices: list[SignedDevice]) -> Iterator[ConsortiumRig]:
-    r = start_rig(tmp_path, 4, {d.dev: d.signer.public_key_der() for d in devices})
-    yield r
-    r.stop()
-
 
 def test_readings_are_committed_once_in_identical_blocks_final_with_a_quorum(
         rig: ConsortiumRig, devices: list[SignedDevice]) -> None:
     receipts = Receipts(rig.mqtt_port)
     try:
-        publish(rig.mqtt_port, readings_of(devices, 0, 60))
+        publish(rig.mqtt_port, device_readings(devices, 0, 60))
         wait_until(lambda: all_committed(rig, devices, 60), 180, "every reading on every node")
         wait_until(lambda: all(r.seq == 60 for r in receipts.got.values())
                    and len(receipts.got) == len(devices), 60, "final receipts")
@@ -149,7 +133,7 @@ def test_readings_are_committed_once_in_identical_blocks_final_with_a_quorum(
 
     rig.stop()
     for node in rig.nodes.values():
-        result = verify_cli(node.data)
+        result = verify_node(node.data)
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -162,7 +146,7 @@ def test_a_node_started_late_catches_up_from_its_peers_after_etcd_compacted(
     try:
         running = ["node-1", "node-2", "node-3"]
         for wave in range(30):
-            publish(rig.mqtt_port, readings_of(devices, 2 * wave, 2 * wave + 2),
+            publish(rig.mqtt_port, device_readings(devices, 2 * wave, 2 * wave + 2),
                     client_id=f"wave-{wave}")
             time.sleep(0.15)
         wait_until(lambda: all_committed(rig, devices, 60, running), 180, "readings on 3 nodes")
@@ -174,11 +158,11 @@ def test_a_node_started_late_catches_up_from_its_peers_after_etcd_compacted(
         wait_until(lambda: all_committed(rig, devices, 60, ["node-4"]), 180, "node-4 caught up")
         assert "catching up from peers" in late.log.read_text()
         # It follows etcd afterwards: new readings reach it like every other node.
-        publish(rig.mqtt_port, readings_of(devices, 60, 64), client_id="after")
+        publish(rig.mqtt_port, device_readings(devices, 60, 64), client_id="after")
         wait_until(lambda: all_committed(rig, devices, 64), 180, "new readings on all four")
         assert len(same_blocks(rig)) >= rig.heights()["node-4"] - 2
     finally:
         rig.stop()
     for node in rig.nodes.values():
-        result = verify_cli(node.data)
+        result = verify_node(node.data)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -11,11 +11,9 @@ from __future__ import annotations
 import logging
 import queue
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,6 @@ from edge_agent.config import AgentConfig, load_agent_config
 from edge_agent.errors import AgentConfigError
 from edge_agent.metrics import MetricsServer, MetricsServerError, TimedSigner, serve_metrics
 from hsm import SoftwareSigner, verify_es256
-from tests.fleet import NodeProcess, start_node, write_enrollments
 from trustfleet.procs import free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -78,23 +75,9 @@ def one(metrics: Scrape, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def signer() -> SoftwareSigner:
-    return SoftwareSigner.generate()
-
-
-@pytest.fixture
-def node_factory(tmp_path: Path, broker: Any, device_rig: Any,
-                 signer: SoftwareSigner) -> Iterator[Any]:
-    enroll = write_enrollments(tmp_path / "enroll.json", {DEV: signer.public_key_der()})
-    nodes: list[NodeProcess] = []
-
-    def start() -> NodeProcess:
-        nodes.append(start_node(tmp_path / "node", device_rig.directory, broker.port, enroll))
-        return nodes[-1]
-
-    yield start
-    for node in nodes:
-        node.stop()
+def agent_device() -> str:
+    """The device conftest's `node_factory` enrols (under conftest's `signer`)."""
+    return DEV
 
 
 def agent_config(tmp_path: Path, broker_port: int, **extra: Any) -> AgentConfig:
@@ -104,24 +87,14 @@ def agent_config(tmp_path: Path, broker_port: int, **extra: Any) -> AgentConfig:
                        status_interval_s=0, **extra).validate()
 
 
-class Running:
-    def __init__(self, agent: EdgeAgent) -> None:
-        self.agent = agent
-        self.thread = threading.Thread(target=agent.run, kwargs={"tick_s": 0.05})
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.agent.stop_event.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-
 
 def test_scraped_metrics_follow_readings_from_the_outbox_to_the_ledger_receipt(
-        tmp_path: Path, broker: Any, signer: SoftwareSigner, node_factory: Any) -> None:
+        tmp_path: Path, broker: Any, signer: SoftwareSigner, node_factory: Any,
+        run_agent: Any) -> None:
     port = free_port()
     cfg = agent_config(tmp_path, broker.port, metrics_port=port)
     feed = Feed()
-    run = Running(EdgeAgent(cfg, signer, [feed], AgentClock()))
+    run = run_agent(EdgeAgent(cfg, signer, [feed], AgentClock()))
     try:
         wait_for(lambda: one(scrape(port), "trustfleet_agent_broker_connected") == 1, 30,
                  "agent metrics up, broker connected")

@@ -7,7 +7,10 @@
 //   SseError      the event stream broke its format (an event over MAX_EVENT bytes)
 //
 // A 401 from any call also fires a `tf-unauthorized` event on window, so the app can go
-// back to the login screen wherever the call was made.
+// back to the login screen wherever the call was made. `pollDevices` is the refresh loop of
+// the pages that follow every device (devices, map).
+
+import { every } from "./ui.js";
 
 const TOKEN_KEY = "trustfleet.token";
 export const MAX_TOKEN = 512;
@@ -82,6 +85,38 @@ export async function getJson(path, { signal } = {}) {
     if (err.name === "AbortError") throw err;
     throw new ApiError(path, resp.status, "the answer is not JSON");
   }
+}
+
+/**
+ * Every `ms` (ui.js `every`: at once, never two runs at a time, until `signal` aborts): GET
+ * /v1/devices, then `update(device)` for each device with a string id, all at once; one that
+ * fails is named in `problems` ("id: message") and the others go on. Then, unless `signal`
+ * aborted, `render(devices, problems)` with the list as the node sent it. When the list
+ * cannot be read, `unreadable(err)` instead, and the next tick tries again.
+ */
+export function pollDevices(ms, signal, { update, render, unreadable }) {
+  every(ms, async () => {
+    let devices;
+    try {
+      devices = await getJson("/v1/devices", { signal });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      unreadable(err);
+      return;
+    }
+    const list = Array.isArray(devices) ? devices : [];
+    const problems = [];
+    await Promise.all(list.filter((d) => typeof d?.id === "string").map(async (d) => {
+      try {
+        await update(d);
+      } catch (err) {
+        if (err.name === "AbortError") throw err;
+        problems.push(`${d.id}: ${err.message}`);
+      }
+    }));
+    if (signal.aborted) return;
+    render(list, problems);
+  }, signal);
 }
 
 /** The items of a list answer, whether the node sends a bare array or {items, next}. */

@@ -7,8 +7,8 @@
 // agent's own report: backlog (readings not yet receipted) and clock. A device that has sent
 // no status reading has no backlog to show: the node knows only what the chain holds.
 
-import { enc, getJson } from "./api.js";
-import { ago, every, fill, h, iso, notice, num, table } from "./ui.js";
+import { enc, getJson, pollDevices } from "./api.js";
+import { ago, fill, h, iso, notice, num, table } from "./ui.js";
 
 const REFRESH_MS = 3000;
 const WINDOW = 300;
@@ -75,32 +75,19 @@ export function mountDevices(view, { signal }) {
   const holder = h("div", { id: "devices" });
   fill(view, h("section", { class: "card" }, h("h2", {}, "Devices"), status, holder));
   const health = new Map();
-  every(REFRESH_MS, async () => {
-    let devices;
-    try {
-      devices = await getJson("/v1/devices", { signal });
-    } catch (err) {
-      if (err.name === "AbortError") throw err;
-      status.textContent = `cannot read devices: ${err.message}`;
-      return;
-    }
-    const list = (Array.isArray(devices) ? devices : []).filter((d) => typeof d?.id === "string");
-    const problems = [];
-    await Promise.all(list.map(async (d) => {
-      if (!health.has(d.id)) health.set(d.id, new Health(d.id));
-      try {
-        await health.get(d.id).update(d, signal);
-      } catch (err) {
-        if (err.name === "AbortError") throw err;
-        problems.push(`${d.id}: ${err.message}`);
-      }
-    }));
-    if (signal.aborted) return;
+  const update = (d) => {
+    if (!health.has(d.id)) health.set(d.id, new Health(d.id));
+    return health.get(d.id).update(d, signal);
+  };
+  const render = (devices, problems) => {
+    const list = devices.filter((d) => typeof d?.id === "string");
     status.textContent = `${list.length} device(s) · refreshed ${iso(Date.now())}`
       + (problems.length ? ` · ${problems.join("; ")}` : "");
     fill(holder, list.length ? table(["device", "state", "last seen (ledger)", "readings",
       "last / contiguous seq", "gaps", "prev mismatches", "clock of last reading", "temperature",
       "backlog (agent status)"], list.map((d) => row(d, health.get(d.id))), { class: "devices" })
       : notice("No device is enrolled yet."));
-  }, signal);
+  };
+  pollDevices(REFRESH_MS, signal, { update, render,
+    unreadable: (err) => { status.textContent = `cannot read devices: ${err.message}`; } });
 }

@@ -8,8 +8,8 @@
 // seq seen (one small request per device per refresh). Each marker's element carries
 // data-device, data-lat, data-lon, data-seq and data-time (device time) for tests and tools.
 
-import { enc, getJson } from "./api.js";
-import { ago, colour, every, fill, h, iso, notice, num, table } from "./ui.js";
+import { enc, getJson, pollDevices } from "./api.js";
+import { ago, colour, fill, h, iso, notice, num, table } from "./ui.js";
 
 const BASEMAP = "/static/vendor/world-atlas/countries-50m.json";
 const REFRESH_MS = 1500;
@@ -132,28 +132,11 @@ export function mountMap(view, { signal }) {
   };
   fit.addEventListener("click", fitAll);
 
-  every(REFRESH_MS, async () => {
-    let devices;
-    try {
-      devices = await getJson("/v1/devices", { signal });
-    } catch (err) {
-      if (err.name === "AbortError") throw err;
-      status.textContent = `cannot read devices: ${err.message}`;
-      return;
-    }
-    const list = Array.isArray(devices) ? devices : [];
-    const problems = [];
-    await Promise.all(list.map(async (d) => {
-      if (typeof d?.id !== "string") return;
-      if (!tracks.has(d.id)) tracks.set(d.id, new Track(d.id, map));
-      try {
-        await tracks.get(d.id).update(d, signal);
-      } catch (err) {
-        if (err.name === "AbortError") throw err;
-        problems.push(`${d.id}: ${err.message}`);
-      }
-    }));
-    if (signal.aborted) return;
+  const update = (d) => {
+    if (!tracks.has(d.id)) tracks.set(d.id, new Track(d.id, map));
+    return tracks.get(d.id).update(d, signal);
+  };
+  const render = (list, problems) => {
     if (!fitted) fitted = fitAll();
     const shown = [...tracks.values()].filter((t) => t.points.length);
     status.textContent = `${shown.length} of ${list.length} device(s) with a position`
@@ -170,5 +153,7 @@ export function mountMap(view, { signal }) {
     for (const sw of legend.querySelectorAll("tr[data-device] .swatch")) {
       sw.style.background = colour(sw.closest("tr").dataset.device);
     }
-  }, signal);
+  };
+  pollDevices(REFRESH_MS, signal, { update, render,
+    unreadable: (err) => { status.textContent = `cannot read devices: ${err.message}`; } });
 }

@@ -12,15 +12,12 @@ the entry; the node answers with the outcome (refused: `bad_node_set`, `node_cer
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from ledger_node.admin import NODE_SET_CHANGED, build_operator_entry
+from ledger_node.admin import NODE_SET_CHANGED
 from ledger_node.errors import ConfigError
-
-OPERATOR_TOKEN = "operator"
+from ledger_node.operator_client import add_operator_arguments, run_delivery
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,13 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = csub.add_parser("set-nodes", help="sign a node_set_changed entry: the new node set")
     p.add_argument("--node-set", required=True, type=Path, dest="node_set",
                    help='node set file: {"nodes": [{"node": id, "cert": base64 DER}]}')
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--node", help="node API URL to submit to, e.g. http://127.0.0.1:8080")
-    where.add_argument("--out", type=Path, help="write the signed entry to this file")
-    p.add_argument("--rig", type=Path, help="SoftHSM test rig (fleet-ca, operator tokens)")
-    p.add_argument("--operator-token", default=OPERATOR_TOKEN, help="operator token label")
-    p.add_argument("--operator-cert", type=Path, help="operator certificate (without --rig)")
-    p.add_argument("--timeout", type=float, default=30, help="seconds to wait for the node")
+    add_operator_arguments(p)
     p.set_defaults(func=_set_nodes)
 
 
@@ -54,23 +45,8 @@ def node_set_body(path: Path) -> dict[str, Any]:
 
 
 def _set_nodes(args: argparse.Namespace) -> int:
-    from hsm.errors import HsmError
-    from ledger_node.device_cli import Fail, operator_signer, post_entry
+    def describe(body: dict[str, Any]) -> str:
+        return f"{NODE_SET_CHANGED} entry ({', '.join(n['node'] for n in body['nodes'])})"
 
-    try:
-        body = node_set_body(args.node_set)
-        signer, cert = operator_signer(args)
-        try:
-            entry = build_operator_entry({**body, "t": time.time_ns() // 1_000_000}, signer,
-                                         cert)
-        finally:
-            signer.close()
-        nodes = ", ".join(n["node"] for n in body["nodes"])
-        if args.out is not None:
-            args.out.write_bytes(entry)
-            print(f"wrote signed {NODE_SET_CHANGED} entry ({nodes}) to {args.out}")
-            return 0
-        return int(post_entry(args.node, entry, args.timeout))
-    except (Fail, ConfigError, HsmError, OSError, ValueError) as exc:
-        print(f"trustfleet consortium set-nodes: {exc}", file=sys.stderr)
-        return 2
+    return run_delivery(args, lambda: node_set_body(args.node_set), describe,
+                        "trustfleet consortium set-nodes", errors=(ConfigError, OSError))

@@ -8,6 +8,10 @@ node certificates (role node) and enrols the devices, and N ledger node processe
 `ordering = "etcd"`, each with its own data folder, token, config file, node set file and
 peers file (auditor tokens of the others, for block sync). Nodes can be stopped, killed,
 frozen and restarted one by one; `stop()` ends everything.
+
+For the tests that drive it: `device_readings` and `publish` send readings,
+`committed_seqs` and `block_hashes` read a node's store, `verify_node` runs `trustfleet
+verify` on a node's data folder, `wait_until` polls.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsm import SoftHsmRig
 from hsm.x509 import (
@@ -39,6 +43,10 @@ from ledger_node.softpki import SoftwareFleetPKI, write_enrolment_file
 from trustfleet.broker import start_broker
 from trustfleet.etcd_cluster import EtcdCluster, start_etcd_cluster
 from trustfleet.procs import free_port, stop_process, wait_for
+from trustfleet.topics import up_topic
+
+if TYPE_CHECKING:
+    from ledger_node.bench_rig import SignedDevice
 
 STAGGER_S = 0.5
 """Pause between starting two nodes (SoftHSM reads every token of a rig when it starts)."""
@@ -263,6 +271,19 @@ def publish(port: int, items: list[tuple[str, bytes]], client_id: str = "rig-pub
         pub.wait_acked(timeout)
     finally:
         pub.close()
+
+
+def device_readings(devices: Sequence[SignedDevice], first: int, last: int,
+                    fleet: str = "test") -> list[tuple[str, bytes]]:
+    """(topic, envelope) of readings first..last-1 (0-based) of every device, devices
+    interleaved as a fleet's, for `publish`."""
+    return [(up_topic(fleet, d.dev), d.readings[s]) for s in range(first, last) for d in devices]
+
+
+def verify_node(data: Path) -> subprocess.CompletedProcess[str]:
+    """`trustfleet verify -q` on a node's data folder, its output captured."""
+    return subprocess.run([sys.executable, "-m", "trustfleet.cli", "verify", "--data",
+                           str(data), "-q"], capture_output=True, text=True, timeout=300)
 
 
 def committed_seqs(db: Path) -> dict[str, set[int]]:
