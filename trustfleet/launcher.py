@@ -278,13 +278,13 @@ def start_fleet(fleet: Fleet) -> None:
         port = fleet.node_ports.get(child.name, fleet.api_port)
         wait_for(lambda port=port: bool(_get(f"http://127.0.0.1:{port}/healthz")),  # type: ignore[misc]
                  120, f"ledger node {child.name} API", proc=child.proc, log_file=child.log)
-    from trustfleet.demo_business import ensure_tokens, submit_demo_business
+    from trustfleet.demo_business import CONTRACTS, ensure_tokens, submit_demo_business
 
     fleet.tokens = ensure_tokens(data, data / fleet.node_names()[0] / "ledger.sqlite")
     taken = submit_demo_business(data, fleet.api, names, OPERATOR)
     if taken:
-        print(f"trustfleet: demo shipments SHP-1..SHP-{len(names)} with cold-chain, shock and "
-              f"device-silent contracts ({taken} operator entries on the ledger)", flush=True)
+        print(f"trustfleet: demo shipments SHP-1..SHP-{len(names)} with contracts "
+              f"{', '.join(CONTRACTS)} ({taken} operator entries on the ledger)", flush=True)
     for i, name in enumerate(names, start=1):
         truck_dir = data / "trucks" / name
         scenario = ["--scenario", str(fleet.scenario)] if fleet.scenario else []
