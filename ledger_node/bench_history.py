@@ -53,7 +53,6 @@ def build(path: Path, entries: int, devices: int, interval_s: int) -> None:
     # Secondary indexes are built once at the end (a sort), as CREATE INDEX does best; the
     # statements are the schema's own, run again below.
     conn.execute("DROP INDEX readings_dev_t")
-    conn.execute("DROP INDEX readings_height")
     rnd = random.Random(5)
     names = [f"truck-{i:05d}" for i in range(devices)]
     jitter = [rnd.randrange(interval_s * 1000) for _ in range(devices)]
@@ -94,7 +93,7 @@ def build(path: Path, entries: int, devices: int, interval_s: int) -> None:
                           for h in range((entries + BLOCK_ENTRIES - 1) // BLOCK_ENTRIES)])
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('bench_history', ?)",
                      (json.dumps([entries, devices, interval_s]).encode(),))
-    print("bench-history: building the readings indexes (dev, t) and (height)...",
+    print("bench-history: building the readings index (dev, t)...",
           file=sys.stderr, flush=True)
     conn.executescript(_SCHEMA)  # CREATE INDEX IF NOT EXISTS: the dropped ones, as defined
     conn.close()

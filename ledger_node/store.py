@@ -26,7 +26,7 @@ from json.encoder import (  # type: ignore[attr-defined]  # the C encoder, or No
     encode_basestring_ascii,
 )
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ledger_node.errors import StoreError
 from ledger_node.merkle import CompactRange, leaf_hash
@@ -56,7 +56,10 @@ CREATE TABLE IF NOT EXISTS readings (
   t INTEGER NOT NULL, ts TEXT NOT NULL, k TEXT NOT NULL, d TEXT NOT NULL, flags TEXT NOT NULL,
   height INTEGER NOT NULL, ledger_time INTEGER NOT NULL, UNIQUE (dev, seq));
 CREATE INDEX IF NOT EXISTS readings_dev_t ON readings (dev, t);
-CREATE INDEX IF NOT EXISTS readings_height ON readings (height);
+-- A block's readings are found by their entry range [first, first + count) on the primary
+-- key; an index on height would cost every reading an insert for nothing (older stores had
+-- one: dropped on open).
+DROP INDEX IF EXISTS readings_height;
 -- The few non-reading entries (genesis, operator entries): node start-up and proof bundles
 -- look them up without scanning the log. Queries must say `kind <> 'reading'` to use it.
 CREATE INDEX IF NOT EXISTS entries_admin ON entries (idx) WHERE kind <> 'reading';
@@ -131,8 +134,9 @@ class Tip:
     frontier: bytes
 
 
-@dataclass(frozen=True)
-class ReadingRow:
+class ReadingRow(NamedTuple):
+    """A `readings` row as the block writes it (a NamedTuple: one per reading, cheap)."""
+
     idx: int
     dev: str
     seq: int

@@ -77,8 +77,8 @@ def _replay_block(conn: sqlite3.Connection, world: World, ca_cert: bytes | None,
                 raise TamperError(f"block {height}", f"committed entry {idx} ({kind}) no longer "
                                   f"applies: {exc}") from None
     if world.active:
-        for r in conn.execute("SELECT idx, dev, seq, t, k, d FROM readings WHERE height = ? "
-                              "ORDER BY idx", (height,)):
+        for r in conn.execute("SELECT idx, dev, seq, t, k, d FROM readings WHERE idx >= ? "
+                              "AND idx < ? ORDER BY idx", (first, first + count)):
             world.reading(ReadingFact(idx=r[0], dev=r[1], seq=r[2], t=r[3], k=r[4],
                                       d=json.loads(r[5]), ledger_time=time))
     world.tick(time)

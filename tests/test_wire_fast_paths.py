@@ -32,7 +32,7 @@ readings = st.builds(
     t=st.one_of(st.integers(0, 70_000), st.integers(0, (1 << 53) - 1)),
     ts=st.sampled_from(["gps", "rtc", "ntp"]),
     k=st.from_regex(r"[a-z][a-z0-9_]{0,31}", fullmatch=True),
-    d=values)
+    d=values, v=st.just(1))
 
 
 def outcome(fn: object, data: bytes) -> tuple[object, ...]:

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import cbor2
 
@@ -46,8 +45,7 @@ MAX_BATCH: Final = 4096
 _HEADER_KEYS: Final = frozenset({"v", "type", "dev", "seq_first", "seq_last", "root", "t"})
 
 
-@dataclass(frozen=True)
-class OpenedReading:
+class OpenedReading(NamedTuple):
     """Any reading entry, opened: what was signed, by which kid, and the reading itself."""
 
     reading: Reading

@@ -13,8 +13,7 @@ import io
 import math
 import re
 import struct
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import cbor2
 
@@ -33,9 +32,9 @@ _KEYS: Final = frozenset({"v", "dev", "seq", "prev", "t", "ts", "k", "d"})
 Scalar = int | float | str | bool | None
 
 
-@dataclass(frozen=True)
-class Reading:
-    """One sensor reading as the device signed it."""
+class Reading(NamedTuple):
+    """One sensor reading as the device signed it (a NamedTuple: the node makes one per
+    reading, and a tuple is built several times faster than a frozen dataclass)."""
 
     dev: str
     seq: int
