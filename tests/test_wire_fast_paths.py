@@ -20,7 +20,8 @@ from trustfleet.payload import Reading, decode_payload, encode_payload
 SIGNER = SoftwareSigner.generate()
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-                    st.floats(allow_nan=False, width=64), st.floats(width=16, allow_nan=False),
+                    st.floats(allow_nan=False, width=64), st.floats(width=32, allow_nan=False),
+                    st.floats(width=16, allow_nan=False),
                     st.text(max_size=40))
 values = st.dictionaries(st.text(min_size=1, max_size=8),
                          st.one_of(scalars, st.lists(scalars, max_size=5)), max_size=6)
@@ -35,9 +36,15 @@ readings = st.builds(
     d=values, v=st.just(1))
 
 
+def typed(value: object) -> object:
+    """A reading as its deterministic CBOR, which tells False from 0, 0.0 from 0 and -0.0,
+    and a float16 from a float64; anything else as it is. (Python's == would not.)"""
+    return cbor.dumps(value.to_map()) if isinstance(value, Reading) else value
+
+
 def outcome(fn: object, data: bytes) -> tuple[object, ...]:
     try:
-        return ("ok", fn(data))  # type: ignore[operator]
+        return ("ok", typed(fn(data)))  # type: ignore[operator]
     except WireError as exc:
         return ("error", exc.reason, exc.detail)
 
@@ -58,7 +65,8 @@ def mutate(data: bytes, where: int, byte: int, how: int) -> bytes:
 def test_payload_fast_path_agrees_with_the_generic_decoder(r: Reading, where: int, byte: int,
                                                            how: int) -> None:
     data = encode_payload(r)
-    assert payload._decode_fast(data) == payload._decode_generic(data) == r
+    fast, generic = payload._decode_fast(data), payload._decode_generic(data)
+    assert typed(fast) == typed(generic) == typed(r) == data
     bent = data if how == 4 else mutate(data, where, byte, how)
     assert outcome(decode_payload, bent) == outcome(payload._decode_generic, bent)
 
