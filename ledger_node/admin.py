@@ -80,7 +80,7 @@ CONTRACT_RETIRED: Final = "contract_retired"
 BUSINESS_TYPES: Final = frozenset({SHIPMENT_CREATED, SHIPMENT_ASSIGNED, SHIPMENT_STATE,
                                    CONTRACT_REGISTERED, CONTRACT_UPGRADED, CONTRACT_RETIRED})
 """Operator entries about shipments and contracts (applied by ledger_node.world)."""
-OPERATOR_TYPES: Final = ADMIN_TYPES | BUSINESS_TYPES | CONSORTIUM_TYPES
+OPERATOR_TYPES: Final = ADMIN_TYPES | BUSINESS_TYPES
 MAX_CONTRACT_DOC: Final = 32 * 1024
 MAX_OPERATOR_PAYLOAD: Final = 48 * 1024
 """An operator entry, certificate and signature included, must fit the 64 KiB entry limit."""

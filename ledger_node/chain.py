@@ -37,6 +37,7 @@ from ledger_node.consortium.errors import DivergenceError, QuorumError
 from ledger_node.contracts import ContractEvent
 from ledger_node.errors import LedgerError, TamperError
 from ledger_node.merkle import CompactRange, leaf_hash
+from ledger_node.quorum import node_set_from_genesis
 from ledger_node.store import BlockRecord, QuarantineRow, ReadingRow, Store
 from ledger_node.subtrees import append_leaves
 from ledger_node.validate import (
@@ -57,15 +58,12 @@ from ledger_node.validate import (
 )
 from ledger_node.world import AUDIT, CONTRACT_EVENT, World, check_audit_entry, event_entry
 from ledger_node.world_replay import reading_fact, replay_world
-from trustfleet.cose import is_plain_sign1
 from trustfleet.errors import BAD_PAYLOAD, WireError
 from trustfleet.topics import DeviceTopic, parse_up_topic, split_message
 
 log = logging.getLogger(__name__)
 
 QUARANTINE_RAW_LIMIT = 64 * 1024
-SPLIT_LIMIT = 1 << 20
-"""Largest `up` message split into envelopes (trustfleet.topics.split_message)."""
 
 
 @dataclass(frozen=True)
@@ -203,9 +201,8 @@ class Chain:
             else:
                 topic = topics[msg.topic] = parse_up_topic(msg.topic)
                 hint = hints[msg.topic] = key_hint(topic, view, at_ms=at_ms)
-            try:  # one envelope in the layout devices write: what split_message gives
-                envelopes = [msg.payload] if is_plain_sign1(msg.payload, SPLIT_LIMIT) \
-                    else split_message(msg.payload, max_size=SPLIT_LIMIT)
+            try:
+                envelopes = split_message(msg.payload)
             except WireError as exc:
                 slots.append((msg, msg.payload, topic, Rejected(exc.reason, exc.detail, None)))
                 continue
@@ -440,8 +437,6 @@ def _node_set_problem(genesis: Mapping[str, object], time: int) -> str:
     names none: a solo chain). See ledger_node.quorum."""
     if "nodes" not in genesis:
         return ""
-    from ledger_node.quorum import node_set_from_genesis
-
     try:
         node_set_from_genesis(genesis, time)
     except QuorumError as exc:

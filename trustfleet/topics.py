@@ -18,6 +18,7 @@ from typing import Final
 import cbor2
 
 from trustfleet import cbor
+from trustfleet.cose import is_plain_sign1
 from trustfleet.errors import BAD_ENVELOPE, TOO_LARGE, WireError
 
 PREFIX: Final = "tf/v1"
@@ -82,6 +83,8 @@ def split_message(payload: bytes, *, max_size: int = 1 << 20) -> list[bytes]:
     """
     if len(payload) > max_size:
         raise WireError(TOO_LARGE, f"message of {len(payload)} bytes, limit {max_size}")
+    if is_plain_sign1(payload, max_size):
+        return [payload]  # one envelope in the layout devices write, seen without decoding it
     item = cbor.loads_strict(payload, max_size=max_size)
     if isinstance(item, cbor2.CBORTag) or (
         isinstance(item, list) and len(item) == 4 and isinstance(item[0], bytes)

@@ -30,7 +30,7 @@ from ruamel.yaml.events import (
 
 from ledger_node.contracts.cel import Condition, compile_condition
 from ledger_node.contracts.errors import CelCompileError, ContractDocumentError
-from ledger_node.shipments import CONTRACT_TARGETS
+from ledger_node.shipments import CONTRACT_TARGETS, UNIT_LOADED
 
 MAX_DOCUMENT_CHARS: Final = 65_536
 MAX_NESTING: Final = 16
@@ -73,8 +73,6 @@ _RULE_KEYS: Final = ("id", "on", "when", "threshold", "window", "geofence", "cor
                      "emit", "set_state", "notify")
 _READING_ONLY: Final = ("when", "threshold", "window", "geofence", "corridor",
                         "outside_geofences", "custody", "units", "for", "cumulative", "repeat")
-UNITS_EMIT: Final = "unit_loaded"
-"""The `emit` a units rule stands for; it emits unit_loaded and unit_unloaded."""
 _NOT_WITH_UNITS: Final = ("emit", "set_state", "threshold", "window", "geofence", "corridor",
                           "outside_geofences", "custody", "for", "cumulative", "repeat")
 
@@ -408,7 +406,7 @@ class _Parser:
                 if k in r:
                     raise self.w.fail(f"a units rule emits unit_loaded and unit_unloaded and "
                                       f"cannot have {k!r}", self.w.key(r, k))
-            out["emit"] = UNITS_EMIT
+            out["emit"] = UNIT_LOADED  # unused: the rule emits unit_loaded / unit_unloaded
         else:
             out["emit"] = self.string(r, "emit", "emit", _EVENT_RE, 32)
         if "set_state" in r and r["set_state"] is not None:

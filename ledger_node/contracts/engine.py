@@ -188,7 +188,7 @@ class ContractEngine(Evaluator):
             fact = replace(fact, d={})
         self._reading_map = None
         self._pos = None
-        own = self.book.for_device(fact.dev, fact.t)
+        own = self._own = self.book.for_device(fact.dev, fact.t)
         shipments = own
         if fact.k == "rfid":
             epc = fact.d.get("epc")
@@ -291,11 +291,9 @@ class ContractEngine(Evaluator):
                         for key in [k for k in slot.windows
                                     if k == scope or (isinstance(k, tuple) and scope in k)]:
                             del slot.windows[key]
-        for cache in (self._geo, self._units, self._custodian, self._ship_maps):
+        for cache in (self._geo, self._units, self._custodian, self._ship_maps, self._unit_at):
             cache.pop(sid, None)
         self._positions.pop(scope, None)
-        for key in [k for k in self._unit_at if k[0] == sid]:
-            del self._unit_at[key]
         self._closed.add(sid)
 
     def _check_silence(self, key: _WatchKey, watch: tuple[Slot, int, str | None], now: int,

@@ -156,8 +156,11 @@ class Evaluator:
         self._units: dict[str, tuple[int, frozenset[str]]] = {}
         self._positions: dict[Scope, list[tuple[int, int, float, float]]] = {}
         self._custodian: dict[str, tuple[int, str | None]] = {}  # sid -> (device t, org)
-        self._unit_at: dict[tuple[str, str], tuple[int, bool]] = {}
-        """(sid, SSCC) -> (device time of its last move, on board) for moves emitted here."""
+        self._unit_at: dict[str, dict[str, tuple[int, bool]]] = {}
+        """sid -> SSCC -> (device time of its last move, on board) for moves emitted here."""
+        self._own: list[Shipment] = []
+        """The shipments the current reading's device serves at its time (set by the engine
+        for each reading)."""
         self._ship_maps: dict[str, tuple[int, dict[str, Any]]] = {}
         self._pending: dict[str, tuple[int, str]] = {}
         """sid -> (the shipment's rev, the state our events moved it to): until the book
@@ -316,20 +319,20 @@ class Evaluator:
             raise Fault(FAULT_MISSING_FIELD, "the rfid reading has no epc")
         if epc not in self._unit_set(s):
             return
-        on_truck = any(a.dev == fact.dev and a.covers(fact.t) for a in s.assignments)
+        on_truck = any(o is s for o in self._own)
         readers = slot.rule.unload_readers
         unloads = not on_truck and (readers is None or fact.dev in readers)
         if not (on_truck or unloads):
             return
-        key = (s.id, epc)
-        last_t, loaded = self._unit_at.get(key) or s.unit_last.get(epc, (-(2**63), False))
+        moved = self._unit_at.setdefault(s.id, {})
+        last_t, loaded = moved.get(epc) or s.unit_last.get(epc, (-(2**63), False))
         if on_truck == loaded or fact.t < last_t:
             return                            # already there, or older than its last move
         rule = slot.rule
         if rule.when is not None and not rule.when.evaluate(
                 self._activation(slot, fact, s, None)):
             return
-        self._unit_at[key] = (fact.t, on_truck)
+        moved[epc] = (fact.t, on_truck)
         data: dict[str, Any] = {"rule": rule.id, "epc": epc, "reader": fact.dev}
         events.append(ContractEvent(slot.name, slot.version,
                                     UNIT_LOADED if on_truck else UNIT_UNLOADED, s.id, fact.dev,
