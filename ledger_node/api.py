@@ -41,10 +41,10 @@ from ledger_node.auth import (
     STREAM_PATH,
     AuditRecord,
     AuthMiddleware,
+    Caller,
     Principal,
+    Staff,
     TokenBook,
-    require_any,
-    require_staff,
     tokens_path,
     wall_clock_ms,
 )
@@ -119,8 +119,6 @@ class AdminPending(BaseModel):
     detail: str
 
 
-Staff = Annotated[Principal, Depends(require_staff)]
-Caller = Annotated[Principal, Depends(require_any)]
 
 
 def _query_names(dependant: Dependant) -> set[str]:

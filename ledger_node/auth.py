@@ -461,6 +461,12 @@ def require_staff(request: Request,
     return principal
 
 
+Staff = Annotated[Principal, Depends(require_staff)]
+"""An endpoint parameter: the caller, an operator or an auditor."""
+Caller = Annotated[Principal, Depends(require_any)]
+"""An endpoint parameter: the caller, any principal."""
+
+
 def require_stream(request: Request,
                    _h: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
                    _q: Annotated[str | None, Depends(_QUERY)]) -> Principal:

@@ -11,44 +11,41 @@ contract documents are business terms between the parties, and the metrics say a
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, HTTPException
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
-from ledger_node.auth import Principal, require_staff
+from ledger_node.auth import Staff
+from ledger_node.contracts.document import NAME_RE
 from ledger_node.metrics import MetricsError, metrics_endpoint
 from ledger_node.store import reading
 
-Staff = Annotated[Principal, Depends(require_staff)]
 ContractName = Annotated[str, PathParam(min_length=1, max_length=64,
-                                        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+                                        pattern=f"^{NAME_RE.pattern}$")]
 
 
 def create_router(db_path: Path, status: Callable[[], dict[str, Any]] | None) -> APIRouter:
     router = APIRouter()
 
-    def db() -> AbstractContextManager[sqlite3.Connection]:
-        return reading(db_path)
-
-    def rows(where: str = "", args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with db() as conn:
-            found = conn.execute("SELECT name, version, status, effective, retired, doc, entry "
-                                 f"FROM contracts {where} ORDER BY name, version", args)
+    def rows(where: str = "", args: tuple[Any, ...] = (), *, with_doc: bool = True
+             ) -> list[dict[str, Any]]:
+        doc = ", doc" if with_doc else ""
+        with reading(db_path) as conn:
+            found = conn.execute("SELECT name, version, status, effective, retired, entry"
+                                 f"{doc} FROM contracts {where} ORDER BY name, version", args)
             return [{"name": r["name"], "version": r["version"], "status": r["status"],
                      "effective": r["effective"], "until": r["retired"], "entry": r["entry"],
-                     "doc": r["doc"]} for r in found.fetchall()]
+                     **({"doc": r["doc"]} if with_doc else {})} for r in found.fetchall()]
 
     @router.get("/v1/contracts", tags=["contracts"])
     def contracts(who: Staff) -> dict[str, Any]:
         """Every version of every contract registered on the ledger (active, superseded by
         an upgrade, or retired), with the entry that registered it."""
-        return {"items": [{k: v for k, v in r.items() if k != "doc"} for r in rows()]}
+        return {"items": rows(with_doc=False)}
 
     @router.get("/v1/contracts/{name}", tags=["contracts"])
     def contract(name: ContractName, who: Staff) -> dict[str, Any]:

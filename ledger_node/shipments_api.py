@@ -39,7 +39,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ledger_node import proofs
-from ledger_node.auth import Principal, TokenBook, require_any, require_stream
+from ledger_node.auth import Caller, Principal, TokenBook, require_stream
 from ledger_node.errors import LedgerError, StoreError
 from ledger_node.proofs import MAX_INDEX, BadProofRequest, NotInLog
 from ledger_node.shipment_bundle import (
@@ -73,7 +73,6 @@ FromTime = Annotated[int | None, Query(alias="from", ge=0, le=MAX_INDEX,
 ToTime = Annotated[int | None, Query(alias="to", ge=0, le=MAX_INDEX,
                                      description="device time, ms, exclusive")]
 Name = Annotated[str | None, Query(max_length=MAX_ID, pattern=ID_PATTERN)]
-Caller = Annotated[Principal, Depends(require_any)]
 Parts = Annotated[str, Query(pattern=r"^(readings|events|operator)(,(readings|events|operator))*$",
                              max_length=64,
                              description="comma-separated: readings, events, operator")]
