@@ -91,8 +91,8 @@ export async function getJson(path, { signal } = {}) {
  * Every `ms` (ui.js `every`: at once, never two runs at a time, until `signal` aborts): GET
  * /v1/devices, then `update(device)` for each device with a string id, all at once; one that
  * fails is named in `problems` ("id: message") and the others go on. Then, unless `signal`
- * aborted, `render(devices, problems)` with the list as the node sent it. When the list
- * cannot be read, `unreadable(err)` instead, and the next tick tries again.
+ * aborted, `render(devices, problems)` with those devices (entries without an id left out).
+ * When the list cannot be read, `unreadable(err)` instead, and the next tick tries again.
  */
 export function pollDevices(ms, signal, { update, render, unreadable }) {
   every(ms, async () => {
@@ -104,9 +104,9 @@ export function pollDevices(ms, signal, { update, render, unreadable }) {
       unreadable(err);
       return;
     }
-    const list = Array.isArray(devices) ? devices : [];
+    const list = (Array.isArray(devices) ? devices : []).filter((d) => typeof d?.id === "string");
     const problems = [];
-    await Promise.all(list.filter((d) => typeof d?.id === "string").map(async (d) => {
+    await Promise.all(list.map(async (d) => {
       try {
         await update(d);
       } catch (err) {

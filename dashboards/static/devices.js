@@ -79,8 +79,7 @@ export function mountDevices(view, { signal }) {
     if (!health.has(d.id)) health.set(d.id, new Health(d.id));
     return health.get(d.id).update(d, signal);
   };
-  const render = (devices, problems) => {
-    const list = devices.filter((d) => typeof d?.id === "string");
+  const render = (list, problems) => {
     status.textContent = `${list.length} device(s) · refreshed ${iso(Date.now())}`
       + (problems.length ? ` · ${problems.join("; ")}` : "");
     fill(holder, list.length ? table(["device", "state", "last seen (ledger)", "readings",
