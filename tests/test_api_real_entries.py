@@ -6,7 +6,6 @@ by uvicorn on a loopback port."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -22,46 +21,18 @@ from ledger_node.bundle_verify import verify_bundle
 from ledger_node.contracts import template_text
 from tests.chainkit import ChainUnderTest, Device
 from tests.fleet import api_token, cli, serve_api
-from trustfleet.cose import sign1
-from trustfleet.payload import Reading, encode_payload
 
 T0 = 1_763_700_000_000
 MIN = 60_000
 
 
-def temps(truck: Device, start: int, values: list[float]) -> list[bytes]:
-    """Temperature readings a minute apart from device time `start`."""
-    out = []
-    for i, c in enumerate(values):
-        truck.seq += 1
-        r = Reading(dev=truck.dev, seq=truck.seq, prev=truck.prev, t=start + i * MIN, ts="gps",
-                    k="temp", d={"c": c, "probe": "p1"})
-        env = sign1(encode_payload(r), truck.signer.kid, truck.signer.sign)
-        truck.prev = hashlib.sha256(env).digest()
-        out.append(env)
-    return out
-
-
 def business(cut: ChainUnderTest) -> list[bytes]:
     """The cold-chain contract; SHP-1 (acme-pharma, fastfreight) on truck-1 and SHP-2
     (nordic-foods) on truck-2, both from an hour before T0."""
-    import yaml
-
-    text = template_text("cold-chain-2-8")
-    doc = yaml.safe_load(text)
-    out = [cut.pki.signed({"type": "contract_registered", "name": doc["name"],
-                           "version": doc["version"], "doc": text, "effective": None})]
-    for sid, dev, parties in (("SHP-1", "truck-1", [("acme-pharma", "shipper"),
-                                                    ("fastfreight", "carrier")]),
-                              ("SHP-2", "truck-2", [("nordic-foods", "shipper")])):
-        out.append(cut.pki.signed({
-            "type": "shipment_created", "shipment": sid,
-            "parties": [{"org": o, "role": r} for o, r in parties],
-            "units": ["urn:epc:id:sscc:0614141.1234567890"], "route": None, "geofences": {},
-            "deadline": None, "contracts": ["cold-chain-2-8"]}))
-        out.append(cut.pki.signed({"type": "shipment_assigned", "shipment": sid, "dev": dev,
-                                   "start": T0 - 60 * MIN, "end": None}))
-    return out
+    return [cut.contract_entry(template_text("cold-chain-2-8")),
+            *cut.shipment_entries("SHP-1", "truck-1", ["cold-chain-2-8"], start=T0 - 60 * MIN),
+            *cut.shipment_entries("SHP-2", "truck-2", ["cold-chain-2-8"], start=T0 - 60 * MIN,
+                                  parties=[("nordic-foods", "shipper")])]
 
 
 @dataclass
@@ -78,7 +49,7 @@ class Node:
     def excursion(self) -> None:
         """Sixteen minutes above 8 °C on truck-1: the contract's excursion event."""
         t1 = self.trucks[0]
-        self.cut.apply([t1.message(e) for e in temps(t1, T0 + 3 * MIN, [9.0] * 16)])
+        self.cut.apply([t1.message(e) for e in t1.temps(T0 + 3 * MIN, [9.0] * 16)])
 
 
 def start(folder: Path) -> tuple[ChainUnderTest, list[Device], dict[str, str]]:
@@ -86,7 +57,7 @@ def start(folder: Path) -> tuple[ChainUnderTest, list[Device], dict[str, str]]:
     cut = ChainUnderTest(folder / "ledger.sqlite", trucks)
     result = cut.apply(admin=business(cut))
     assert [a.status for a in result.admin] == ["accepted"] * 5, result.admin
-    cut.apply([t.message(e) for t in trucks for e in temps(t, T0, [5.0, 6.0, 7.0])])
+    cut.apply([t.message(e) for t in trucks for e in t.temps(T0, [5.0, 6.0, 7.0])])
     tokens = {"operator": api_token(folder, "operator"),
               "acme": api_token(folder, "partner", "acme-pharma"),
               "carrier": api_token(folder, "partner", "fastfreight"),

@@ -11,7 +11,6 @@ audit entries land on the ledger.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -25,66 +24,33 @@ from ledger_node.verify import verify_store
 from ledger_node.world import audit_entry
 from ledger_node.world_replay import replay_world
 from tests.chainkit import ChainUnderTest, Device
-from trustfleet.cose import sign1
-from trustfleet.payload import Reading, encode_payload
 
 T0 = 1_763_700_000_000
 MIN = 60_000
 
 
-def signed(device: Device, t: int, kind: str, values: dict[str, object]) -> bytes:
-    """A reading with exactly device time `t` (Device.reading adds seq to t)."""
-    device.seq += 1
-    r = Reading(dev=device.dev, seq=device.seq, prev=device.prev, t=t, ts="gps", k=kind,
-                d=values)
-    env = sign1(encode_payload(r), device.signer.kid, device.signer.sign)
-    device.prev = hashlib.sha256(env).digest()
-    return env
-
-
 def shipment(cut: ChainUnderTest, sid: str, dev: str, contracts: list[str],
              deadline: int | None = None) -> list[bytes]:
-    return [
-        cut.pki.signed({"type": "shipment_created", "shipment": sid,
-                        "parties": [{"org": "acme-pharma", "role": "shipper"},
-                                    {"org": "fastfreight", "role": "carrier"}],
-                        "units": ["urn:epc:id:sscc:0614141.1234567890"], "route": None,
-                        "geofences": {}, "deadline": deadline, "contracts": contracts}),
-        cut.pki.signed({"type": "shipment_assigned", "shipment": sid, "dev": dev,
-                        "start": T0 - 60 * MIN, "end": None}),
-    ]
-
-
-def contract(cut: ChainUnderTest, text: str, kind: str = "contract_registered") -> bytes:
-    import yaml
-
-    doc = yaml.safe_load(text)
-    return cut.pki.signed({"type": kind, "name": doc["name"], "version": doc["version"],
-                           "doc": text, "effective": None})
+    return cut.shipment_entries(sid, dev, contracts, start=T0 - 60 * MIN, deadline=deadline)
 
 
 @pytest.fixture
 def cold(tmp_path: Path) -> tuple[ChainUnderTest, Device]:
     truck = Device("truck-1")
     cut = ChainUnderTest(tmp_path / "a.sqlite", [truck])
-    admin = [contract(cut, template_text("cold-chain-2-8")),
+    admin = [cut.contract_entry(template_text("cold-chain-2-8")),
              *shipment(cut, "SHP-1", "truck-1", ["cold-chain-2-8"])]
     result = cut.apply(admin=admin)
     assert [a.status for a in result.admin] == ["accepted"] * 3, result.admin
     return cut, truck
 
 
-def temps(truck: Device, start: int, values: list[float], step: int = MIN) -> list[bytes]:
-    return [signed(truck, start + i * step, "temp", {"c": c, "probe": "p1"})
-            for i, c in enumerate(values)]
-
-
 def test_excursion_of_15_minutes_becomes_an_event_entry_citing_its_readings(cold) -> None:
     cut, truck = cold
-    inside = cut.apply([truck.message(e) for e in temps(truck, T0, [5.0, 7.9, 8.0])])
+    inside = cut.apply([truck.message(e) for e in truck.temps(T0, [5.0, 7.9, 8.0])])
     assert inside.events == []
     # above 8 °C from T0+3 min; the excursion completes 15 minutes later
-    warm = temps(truck, T0 + 3 * MIN, [9.0] * 16)
+    warm = truck.temps(T0 + 3 * MIN, [9.0] * 16)
     result = cut.apply([truck.message(e) for e in warm])
     assert [e.event for e in result.events] == ["excursion"]
     event = result.events[0]
@@ -106,21 +72,21 @@ def test_excursion_of_15_minutes_becomes_an_event_entry_citing_its_readings(cold
 
 def test_14_minutes_above_8_is_no_excursion(cold) -> None:
     cut, truck = cold
-    result = cut.apply([truck.message(e) for e in temps(truck, T0, [9.0] * 15 + [7.0])])
+    result = cut.apply([truck.message(e) for e in truck.temps(T0, [9.0] * 15 + [7.0])])
     assert result.events == []
     assert cut.store.conn.execute("SELECT state FROM shipments").fetchone()[0] == "created"
 
 
 def test_node_restart_rebuilds_the_world_and_derives_the_same_events(cold, tmp_path) -> None:
     cut, truck = cold
-    cut.apply([truck.message(e) for e in temps(truck, T0, [9.0] * 17)])
+    cut.apply([truck.message(e) for e in truck.temps(T0, [9.0] * 17)])
     path = cut.store.path
     cut.store.close()
     store = Store(path)
     chain = Chain(store, "main", "node-1", cut.node)
     assert chain.world.book.get("SHP-1").state == "out_of_compliance"
     # the rebuilt world goes on exactly where it was: no second excursion for this episode
-    more = [truck.message(e) for e in temps(truck, T0 + 17 * MIN, [9.5, 9.6])]
+    more = [truck.message(e) for e in truck.temps(T0 + 17 * MIN, [9.5, 9.6])]
     result = chain.apply(OrderedBatch(cut.time + 5000, "node-1", (), tuple(more)))
     assert result.events == []
     store.close()
@@ -128,7 +94,7 @@ def test_node_restart_rebuilds_the_world_and_derives_the_same_events(cold, tmp_p
 
 def test_an_event_that_does_not_follow_from_the_log_is_tamper(cold) -> None:
     cut, truck = cold
-    cut.apply([truck.message(e) for e in temps(truck, T0, [9.0] * 17)])
+    cut.apply([truck.message(e) for e in truck.temps(T0, [9.0] * 17)])
     conn = cut.store.conn
     idx, data = conn.execute("SELECT idx, data FROM entries WHERE kind = 'contract_event'"
                              ).fetchone()
@@ -149,11 +115,11 @@ def test_two_nodes_fed_the_same_batches_write_identical_blocks(tmp_path: Path) -
     genesis = a.store.entry(0), a.store.entry(1)
     b.apply(OrderedBatch(a.time, "node-1", genesis, ()))
     batches = [OrderedBatch(a.time + 1000, "node-1",
-                            (contract(a, template_text("cold-chain-2-8")),
+                            (a.contract_entry(template_text("cold-chain-2-8")),
                              *shipment(a, "SHP-1", "truck-1", ["cold-chain-2-8"])), ())]
     for n in range(4):
         batches.append(OrderedBatch(a.time + 2000 + n * 1000, "node-1", (), tuple(
-            truck.message(e) for e in temps(truck, T0 + n * 6 * MIN, [9.0] * 6))))
+            truck.message(e) for e in truck.temps(T0 + n * 6 * MIN, [9.0] * 6))))
     for batch in batches:
         ra, rb = a.chain.apply(batch), b.apply(batch)
         assert ra.block_hash == rb.block_hash
@@ -179,7 +145,7 @@ def test_bad_contract_is_refused_with_line_and_column(tmp_path: Path) -> None:
 
 def test_duplicate_registration_and_unknown_shipment_are_refused(cold) -> None:
     cut, _ = cold
-    again = contract(cut, template_text("cold-chain-2-8"))
+    again = cut.contract_entry(template_text("cold-chain-2-8"))
     orphan = cut.pki.signed({"type": "shipment_state", "shipment": "NOPE", "state": "delivered"})
     result = cut.apply(admin=[again, orphan])
     assert [(a.status, a.reason) for a in result.admin] == [
@@ -190,7 +156,7 @@ def test_heartbeat_block_fires_a_deadline_in_a_quiet_fleet(tmp_path: Path) -> No
     truck = Device("truck-1")
     cut = ChainUnderTest(tmp_path / "a.sqlite", [truck])
     deadline = cut.time + 10_000
-    cut.apply(admin=[contract(cut, template_text("late-delivery")),
+    cut.apply(admin=[cut.contract_entry(template_text("late-delivery")),
                      *shipment(cut, "SHP-9", "truck-1", ["late-delivery"], deadline=deadline)])
     quiet = cut.chain.apply(OrderedBatch(deadline - 1, "node-1", heartbeat=True))
     assert quiet.header is not None and quiet.header.count == 0 and quiet.events == []
@@ -213,7 +179,7 @@ def test_audit_entries_are_appended_and_checked(tmp_path: Path) -> None:
 
 def test_verify_names_a_tampered_events_or_shipments_row(cold) -> None:
     cut, truck = cold
-    cut.apply([truck.message(e) for e in temps(truck, T0, [9.0] * 17)])
+    cut.apply([truck.message(e) for e in truck.temps(T0, [9.0] * 17)])
     conn = cut.store.conn
     with conn:
         conn.execute("UPDATE events SET state = 'in_transit'")
@@ -227,13 +193,13 @@ def test_verify_names_a_tampered_events_or_shipments_row(cold) -> None:
 def test_pallet_scans_load_and_unload_units_on_the_ledger(tmp_path: Path) -> None:
     truck, depot = Device("truck-1"), Device("depot-reader-1")
     cut = ChainUnderTest(tmp_path / "u.sqlite", [truck, depot])
-    admin = [contract(cut, template_text("unit-tracking")),
+    admin = [cut.contract_entry(template_text("unit-tracking")),
              *shipment(cut, "SHP-1", "truck-1", ["unit-tracking"])]
     assert [a.status for a in cut.apply(admin=admin).admin] == ["accepted"] * 3
     pallet = "urn:epc:id:sscc:0614141.1234567890"
-    loaded = cut.apply([truck.message(signed(truck, T0, "rfid", {"epc": pallet, "rssi": -40}))])
+    loaded = cut.apply([truck.message(truck.at(T0, "rfid", {"epc": pallet, "rssi": -40}))])
     assert [e.event for e in loaded.events] == ["unit_loaded"]
-    unloaded = cut.apply([depot.message(signed(depot, T0 + 90 * MIN, "rfid", {"epc": pallet}))])
+    unloaded = cut.apply([depot.message(depot.at(T0 + 90 * MIN, "rfid", {"epc": pallet}))])
     assert [e.event for e in unloaded.events] == ["unit_unloaded"]
     doc = json.loads(cut.store.conn.execute(
         "SELECT doc FROM shipments WHERE id = 'SHP-1'").fetchone()[0])
