@@ -85,23 +85,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     verify.set_defaults(func=_verify)
 
-    consortium = sub.add_parser(
-        "consortium", help="a consortium of ledger nodes (docs/consortium.md)")
-    consortium_sub = consortium.add_subparsers(dest="consortium_command", required=True)
-    compare = consortium_sub.add_parser(
-        "compare", help="compare the nodes' blocks height by height (cross-node check)",
-        description="Fetch the blocks of every node named in the peers files (block sync API, "
-                    "auditor tokens) and compare them height by height: a node whose header "
-                    "or entries differ from what most nodes hold is named. Exit 0 if all "
-                    "agree, 1 naming every difference, 2 if a node cannot be read.")
-    compare.add_argument("--peers", type=Path, action="append", required=True,
-                         help="peers file (JSON: node, url, token); repeat to name more nodes")
-    compare.add_argument("--from", dest="from_height", type=int, default=0,
-                         help="first height (0)")
-    compare.add_argument("--to", dest="to_height", type=int, default=None,
-                         help="last height (default: the lowest tip of the nodes)")
-    compare.set_defaults(func=_compare)
-
     proof_cli.register(sub)  # proof, verify-bundle, verify-consistency
     quarantine_cli.register(sub)  # quarantine list|show
 
@@ -228,28 +211,3 @@ def _verify(args: argparse.Namespace) -> int:
         return 2
     print(describe(report))
     return 0 if report.ok else 1
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from ledger_node.block_sync import compare_blocks, fetch_blocks, fetch_page
-    from ledger_node.consortium.files import Peer, read_peers
-
-    peers: dict[str, Peer] = {}
-    try:
-        for path in args.peers:
-            for p in read_peers(path):
-                peers.setdefault(p.node, p)
-        to = args.to_height
-        if to is None:
-            to = min(fetch_page(p, 0, 1).tip for p in peers.values())
-        held = {n: fetch_blocks(p, args.from_height, to) for n, p in sorted(peers.items())}
-    except LedgerError as exc:
-        print(f"trustfleet consortium compare: {exc}", file=sys.stderr)
-        return 2
-    differences = compare_blocks(held)
-    for d in differences:
-        print(f"DIFFERS: {d.node}: {d.what}: {d.detail}")
-    if not differences:
-        print(f"OK: {len(held)} nodes ({', '.join(held)}) hold the same blocks "
-              f"{args.from_height}..{to}, header and entries")
-    return 1 if differences else 0
