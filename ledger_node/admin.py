@@ -43,7 +43,7 @@ import cbor2
 from hsm import Signer, check_certificate, verify_es256
 from hsm.errors import CaCertificateInvalid, CertificateRejected
 from ledger_node.consortium.errors import QuorumError
-from ledger_node.quorum import NodeSet, node_set_change
+from ledger_node.quorum import NODE_SET_CHANGED, NodeSet, node_set_change
 from ledger_node.validate import BAD_SIGNATURE, REVOKED_DEVICE, UNKNOWN_DEVICE, DeviceState
 from trustfleet import cbor
 from trustfleet.cose import (
@@ -66,7 +66,6 @@ DEVICE_REVOKED: Final = "device_revoked"
 DEVICE_ROTATED: Final = "device_rotated"
 DEVICE_TYPES: Final = frozenset({DEVICE_ENROLLED, DEVICE_REVOKED, DEVICE_ROTATED})
 """Operator entries about devices (applied here, to the device states)."""
-NODE_SET_CHANGED: Final = "node_set_changed"
 CONSORTIUM_TYPES: Final = frozenset({NODE_SET_CHANGED})
 """Operator entries about the consortium's node set (check_node_set_change, ledger_node.quorum)."""
 ADMIN_TYPES: Final = DEVICE_TYPES | CONSORTIUM_TYPES

@@ -41,13 +41,13 @@ import httpx
 from ledger_node import entries as entry_types
 from ledger_node.admin import decode_operator_entry_unchecked, is_operator_entry
 from ledger_node.block import block_hash, decode_header
-from ledger_node.chain import Chain, Message, OrderedBatch
-from ledger_node.consortium.cstore import ConsortiumStore, node_set_history_of
+from ledger_node.chain import ApplyResult, Chain, Message, OrderedBatch
+from ledger_node.consortium.cstore import ConsortiumStore, changes_node_set, node_set_history_of
 from ledger_node.consortium.errors import QuorumError, SyncError
 from ledger_node.consortium.files import Peer, read_node_set, read_peers
 from ledger_node.errors import LedgerError
 from ledger_node.heads import CheckFailed, b64_field, int_field, want
-from ledger_node.quorum import NodeSet, check_qc, node_set_from_genesis
+from ledger_node.quorum import NodeSet, NodeSetHistory, check_qc, node_set_from_genesis
 from ledger_node.world import AUDIT, CONTRACT_EVENT
 from trustfleet.batch import open_reading
 from trustfleet.errors import WireError
@@ -166,47 +166,51 @@ def batch_from_entries(chain: Chain, header_time: int, proposer: str,
                         messages=tuple(messages), audit=tuple(audit), heartbeat=True)
 
 
-def _node_set(chain: Chain, store: ConsortiumStore, block: SyncBlock,
-              configured: list[tuple[str, bytes]]) -> NodeSet:
-    """The node set block's QC is checked with: the one in force at its height on this
-    node's chain (the genesis entry's, changed by the `node_set_changed` entries of the blocks
-    applied so far: ledger_node.quorum), or for block 0 its own genesis entry's — which must
-    name exactly the configured node certificates."""
-    if chain.height >= 0:
-        try:
-            return node_set_history_of(store.conn).at(block.height)
-        except (QuorumError, ValueError, WireError) as exc:
-            raise SyncError(f"this node's node set history does not check: {exc}") from None
-    genesis = store.entry(0) if chain.height >= 0 else (block.entries[0] if block.entries
-                                                         else None)
-    if genesis is None:
+def _history(store: ConsortiumStore) -> NodeSetHistory:
+    """This node's node set history (the genesis entry's set, changed by the
+    `node_set_changed` entries of the blocks applied so far: ledger_node.quorum)."""
+    try:
+        return node_set_history_of(store.conn)
+    except (QuorumError, ValueError, WireError) as exc:
+        raise SyncError(f"this node's node set history does not check: {exc}") from None
+
+
+def _genesis_node_set(block: SyncBlock, at: int, configured: list[tuple[str, bytes]]
+                      ) -> NodeSet:
+    """The node set block 0's QC is checked with: its own genesis entry's (block 0's ledger
+    time `at`), which must name exactly the configured node certificates."""
+    if not block.entries:
         raise SyncError("block 0 from the peer has no genesis entry")
     try:
-        rec = entry_types.decode_admin(genesis)
+        rec = entry_types.decode_admin(block.entries[0])
     except (ValueError, WireError) as exc:
         raise SyncError(f"the genesis entry does not decode: {exc}") from None
-    time0 = store.conn.execute("SELECT time FROM blocks WHERE height = 0").fetchone()
-    at = int(time0[0]) if time0 else decode_header(block.header).time
     try:
         ns = node_set_from_genesis(rec, at)
     except QuorumError as exc:
         raise SyncError(f"the genesis entry's node set does not check: {exc}") from None
-    if chain.height < 0 and sorted(ns.certs.items()) != configured:
+    if sorted(ns.certs.items()) != configured:
         raise SyncError("the peer's genesis names another node set than this node's "
                         "node_set_file: not this consortium's chain")
     return ns
 
 
 def apply_block(chain: Chain, store: ConsortiumStore, block: SyncBlock,
-                configured: list[tuple[str, bytes]]) -> None:
-    """Check one block from a peer and re-apply it (see the module doc)."""
+                configured: list[tuple[str, bytes]], history: NodeSetHistory | None = None
+                ) -> ApplyResult:
+    """Check one block from a peer and re-apply it (see the module doc). Its QC is checked
+    with the node set in force at its height: from `history` (this node's, read from the
+    store when None), or for block 0 its own genesis entry's."""
     try:
         header = decode_header(block.header)
     except LedgerError as exc:
         raise SyncError(f"block {block.height}: header does not decode: {exc}") from None
     if header.height != block.height or block.height != chain.height + 1:
         raise SyncError(f"expected block {chain.height + 1}, the peer sent {header.height}")
-    ns = _node_set(chain, store, block, configured)
+    if chain.height < 0:
+        ns = _genesis_node_set(block, header.time, configured)
+    else:
+        ns = (history if history is not None else _history(store)).at(block.height)
     try:
         qc = check_qc(ns, block.header, block.signatures)
     except QuorumError as exc:
@@ -215,8 +219,9 @@ def apply_block(chain: Chain, store: ConsortiumStore, block: SyncBlock,
         raise SyncError(f"block {block.height} does not extend this node's chain")
     batch = batch_from_entries(chain, header.time, header.proposer, block.entries)
     store.pending_revision = block.revision
-    chain.apply(batch, expect=block_hash(block.header))  # DivergenceError: nothing written
+    result = chain.apply(batch, expect=block_hash(block.header))  # DivergenceError: nothing
     store.add_signatures(block.height, [s for s in qc.signatures if s[0] != chain.node_id])
+    return result
 
 
 def catch_up(chain: Chain, store: ConsortiumStore, peers: Sequence[Peer],
@@ -231,12 +236,16 @@ def catch_up(chain: Chain, store: ConsortiumStore, peers: Sequence[Peer],
     configured = read_node_set(node_set_file)
     problems: list[str] = []
     start = chain.height
+    history: NodeSetHistory | None = None  # read again after genesis and after a change
     for peer in peers:
         try:
             while stop is None or not stop.is_set():
                 page = fetch_page(peer, chain.height + 1, page_blocks)
                 for block in page.blocks:
-                    apply_block(chain, store, block, configured)
+                    if history is None and chain.height >= 0:
+                        history = _history(store)
+                    if changes_node_set(apply_block(chain, store, block, configured, history)):
+                        history = None
                 if not page.blocks or chain.height >= page.tip:
                     if chain.height >= page.tip and page.applied_revision > \
                             store.applied_revision():

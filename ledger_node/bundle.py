@@ -124,7 +124,8 @@ def build_bundle(conn: sqlite3.Connection, indices: Iterable[int], *,
             devices.add(dev)
     operator_blocks: set[int] = set()
     for index, height in conn.execute(  # the node set in force at the head (ledger_node.quorum)
-            "SELECT idx, height FROM entries WHERE kind = ? AND idx < ? ORDER BY idx",
+            "SELECT idx, height FROM entries WHERE kind <> 'reading' AND kind = ? AND idx < ? "
+            "ORDER BY idx",
             (NODE_SET_CHANGED, head.header.size)):
         wanted.setdefault(int(index), proofs.entry(conn, int(index)))
         operator_blocks.add(int(height))

@@ -248,7 +248,7 @@ class Chain:
             if done.status == ADMIN_ACCEPTED:
                 new_entries.append((done.kind, entry))
             elif done.status == ADMIN_REJECTED:
-                quarantine.append(_quarantine(Message("admin", entry, batch.time), entry,
+                quarantine.append(quarantine_row(Message("admin", entry, batch.time), entry,
                                               done.reason, done.detail, done.dev))
                 result.rejected[done.reason] = result.rejected.get(done.reason, 0) + 1
         for entry in batch.audit:
@@ -293,7 +293,7 @@ class Chain:
                         outcome = decide(checked_item, ok, state_of(checked_item.reading.dev),
                                          lookup, at_ms=time)
             if isinstance(outcome, Rejected):
-                quarantine.append(_quarantine(msg, raw, outcome.reason, outcome.detail,
+                quarantine.append(quarantine_row(msg, raw, outcome.reason, outcome.detail,
                                               outcome.dev))
                 result.rejected[outcome.reason] = result.rejected.get(outcome.reason, 0) + 1
                 continue
@@ -488,8 +488,9 @@ def _advance(state: DeviceState, seq: int, t: int, time: int, flags: tuple[str, 
             state.contiguous_seq += 1
 
 
-def _quarantine(msg: Message, raw: bytes, reason: str, detail: str,
-                dev: str | None) -> QuarantineRow:
+def quarantine_row(msg: Message, raw: bytes, reason: str, detail: str,
+                   dev: str | None) -> QuarantineRow:
+    """What the store keeps of a refused message: its reason, digest and first bytes."""
     return QuarantineRow(received=msg.received, reason=reason, detail=detail[:500],
                          topic=msg.topic[:256], dev=dev, size=len(raw),
                          sha256=hashlib.sha256(raw).digest(), raw=raw[:QUARANTINE_RAW_LIMIT])

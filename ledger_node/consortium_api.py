@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,11 +29,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi import Path as PathParam
 
+from ledger_node.admin import NODE_SET_CHANGED
 from ledger_node.auth import Principal, require_staff
-from ledger_node.consortium.cstore import evidence, node_set_of, read_revision
+from ledger_node.consortium.cstore import evidence, node_set_history_of, read_revision
+from ledger_node.consortium.errors import QuorumError
 from ledger_node.proofs import MAX_INDEX
-from ledger_node.quorum import tally
+from ledger_node.quorum import NodeSetHistory, tally
 from ledger_node.store import open_reader
+from trustfleet.errors import WireError
 
 MAX_SYNC_BLOCKS = 1000
 MAX_SYNC_BYTES = 64 * 1024 * 1024
@@ -75,11 +79,40 @@ def sync_page(conn: sqlite3.Connection, first: int, limit: int) -> dict[str, Any
     return {"tip": tip, "applied_revision": applied, "blocks": blocks}
 
 
+class NodeSetCache:
+    """The store's node set history (cstore.node_set_history_of: SQL and certificate checks),
+    read again only when the log's `node_set_changed` entries change (their count and last
+    index: entries are only appended). Safe to share between threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: tuple[tuple[int, int | None], NodeSetHistory] | None = None
+
+    def history(self, conn: sqlite3.Connection) -> NodeSetHistory | None:
+        """None before genesis, or if the history does not check."""
+        count, last = conn.execute(
+            "SELECT COUNT(*), MAX(idx) FROM entries WHERE kind <> 'reading' AND kind = ?",
+            (NODE_SET_CHANGED,)).fetchone()
+        key = (int(count), None if last is None else int(last))
+        with self._lock:
+            held = self._held
+        if held is not None and held[0] == key:
+            return held[1]
+        try:
+            history = node_set_history_of(conn)
+        except (QuorumError, ValueError, WireError):
+            return None
+        with self._lock:
+            self._held = (key, history)
+        return history
+
+
 def create_router(db_path: Path, status: Callable[[], dict[str, Any]] | None = None
                   ) -> APIRouter:
     """The routes above over the store at `db_path`; `status` is the node's status (its
     "consortium" part is shown)."""
     router = APIRouter()
+    node_sets = NodeSetCache()
 
     @contextmanager
     def db() -> Iterator[sqlite3.Connection]:
@@ -92,15 +125,18 @@ def create_router(db_path: Path, status: Callable[[], dict[str, Any]] | None = N
     @router.get("/v1/consortium/status", tags=["consortium"])
     def consortium_status() -> dict[str, Any]:
         """The node set, the quorum, and how far this node has applied and finalised."""
-        live = (status() if status else {}).get("consortium", {})
+        node = status() if status else {}
+        live = node.get("consortium")
         with db() as conn:
-            ns = node_set_of(conn)
             tip = conn.execute("SELECT MAX(height) FROM blocks").fetchone()[0]
-            return {"node": (status() if status else {}).get("node"),
-                    "height": -1 if tip is None else int(tip),
-                    "applied_revision": read_revision(conn),
+            out = {"node": node.get("node"), "height": -1 if tip is None else int(tip)}
+            if live:  # the running driver's node set, quorum and applied revision
+                return {**out, **live}
+            history = node_sets.history(conn)
+            ns = history.latest if history is not None else None
+            return {**out, "applied_revision": read_revision(conn),
                     "node_set": sorted(ns.keys) if ns else [],
-                    "quorum": ns.quorum if ns else None, **live}
+                    "quorum": ns.quorum if ns else None}
 
     @router.get("/v1/consortium/qc/{height}", tags=["consortium"])
     def quorum_certificate(height: Annotated[int, PathParam(ge=0, le=MAX_INDEX)]
@@ -111,7 +147,8 @@ def create_router(db_path: Path, status: Callable[[], dict[str, Any]] | None = N
                                (height,)).fetchone()
             if row is None:
                 raise HTTPException(404, f"no block at height {height}")
-            ns = node_set_of(conn, height)  # the set in force at that block
+            history = node_sets.history(conn)
+            ns = history.at(height) if history is not None else None  # in force at the block
             sigs = [(n, bytes(s)) for n, s in conn.execute(
                 "SELECT node, sig FROM block_sigs WHERE height = ? ORDER BY node", (height,))]
         if ns is None:

@@ -60,6 +60,7 @@ from trustfleet.topics import UP_SUBSCRIPTION, events_topic, receipt_topic
 
 if TYPE_CHECKING:
     from ledger_node.consortium.driver import Consortium
+    from ledger_node.quorum import NodeSet
 
 log = logging.getLogger("trustfleet.node")
 REJECT_LOG_S = 10.0
@@ -153,7 +154,8 @@ class LedgerNode:
                                suspect_max_bytes=cfg.ingest_suspect_bytes,
                                max_message_bytes=cfg.max_message_bytes)
         self._rejected_topics: Counter[str] = Counter()
-        self.store.on_quarantine = self._count_rejects
+        if cfg.ordering != "etcd":  # consortium: the applier thread quarantines, later
+            self.store.on_quarantine = self._count_rejects
         self._suspect_cost = 1e-4  # seconds per suspect message, learnt as they are applied
         self._rejects: Counter[str] = Counter()
         self._rejects_since = time.monotonic() - REJECT_LOG_S
@@ -179,6 +181,8 @@ class LedgerNode:
         self._admin_queue: queue.Queue[tuple[bytes, Future[AdminSubmission]]] = queue.Queue()
         self._audit_queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._last_block = time.monotonic()
+        self._ranked: tuple[NodeSet | None, int] = (None, 0)
+        """The node set of the last heartbeat and this node's rank in it (_heartbeat_due)."""
         # Envelopes are opened and their signatures checked in worker processes (the same
         # blocks as without them: ledger_node.validate.open_envelopes).
         self.chain.executor = start_verify_pool(cfg.verify_processes)
@@ -425,6 +429,9 @@ class LedgerNode:
         return took
 
     def _apply_messages(self, batch: Taken) -> None:
+        if self.consortium is not None:  # only proposed: nothing rejected to learn from yet
+            self._apply([], batch.messages)
+            return
         self._rejected_topics.clear()
         self._apply([], batch.messages)
         self.inbox.feedback(batch, dict(self._rejected_topics))
@@ -460,9 +467,11 @@ class LedgerNode:
             # One node's heartbeat is every node's block: stagger them, so that usually one
             # node proposes it (the others see its block and wait again).
             ns = self.consortium.node_set
-            rank = sorted(ns.keys).index(self.cfg.node_id) if ns and self.cfg.node_id in \
-                ns.keys else 0
-            beat = int(beat * (1 + rank / 4))
+            if ns is not self._ranked[0]:  # the node set changed: rank this node again
+                rank = sorted(ns.keys).index(self.cfg.node_id) if ns and self.cfg.node_id in \
+                    ns.keys else 0
+                self._ranked = (ns, rank)
+            beat = int(beat * (1 + self._ranked[1] / 4))
         return (beat > 0 and time.monotonic() - self._last_block >= beat / 1000) \
             or not self._audit_queue.empty()
 

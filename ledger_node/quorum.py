@@ -63,9 +63,9 @@ class NodeSet:
     """The nodes whose signatures count, with their keys (SPKI DER)."""
 
     keys: Mapping[str, bytes]
-    certified: frozenset[str] = frozenset()
-    """Nodes whose key a node certificate from the fleet CA vouches for."""
     certs: Mapping[str, bytes] = field(default_factory=dict)
+    """The node certificates (from the fleet CA) that vouch for the keys (none: a solo
+    chain's genesis node)."""
 
     @property
     def size(self) -> int:
@@ -156,7 +156,7 @@ def node_set_from_listing(listed: object, ca: bytes, at_ms: int, *,
     if sorted_ids and sorted(keys) != list(keys):
         raise QuorumError("bad_node_set", "nodes must be sorted by id")
     ordered = sorted(keys)
-    return NodeSet({n: keys[n] for n in ordered}, frozenset(keys), {n: certs[n] for n in ordered})
+    return NodeSet({n: keys[n] for n in ordered}, {n: certs[n] for n in ordered})
 
 
 def node_set_change(body: Mapping[str, Any], ca: bytes, at_ms: int) -> NodeSet:

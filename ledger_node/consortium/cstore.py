@@ -27,13 +27,16 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ledger_node.consortium.errors import QuorumError
 from ledger_node.quarantine import QuarantineLimits
 from ledger_node.quorum import NodeSet, NodeSetHistory
 from ledger_node.store import BlockRecord, QuarantineRow, Store
 from trustfleet.errors import WireError
+
+if TYPE_CHECKING:
+    from ledger_node.chain import ApplyResult
 
 REVISION_KEY: Final = "consortium_revision"
 
@@ -141,14 +144,12 @@ class ConsortiumStore(Store):
         return None if row is None else int(row[0])
 
     def header(self, height: int) -> bytes | None:
-        row = self.conn.execute("SELECT header FROM blocks WHERE height = ?",
-                                (height,)).fetchone()
-        return None if row is None else bytes(row[0])
+        stored = self.block_header(height)
+        return None if stored is None else stored[0]
 
     def signatures(self, height: int) -> list[tuple[str, bytes]]:
-        rows = self.conn.execute("SELECT node, sig FROM block_sigs WHERE height = ? ORDER BY "
-                                 "node", (height,)).fetchall()
-        return [(r[0], bytes(r[1])) for r in rows]
+        stored = self.block_header(height)
+        return [] if stored is None else stored[1]
 
     def add_signatures(self, height: int, sigs: Sequence[tuple[str, bytes]]) -> None:
         """Keep signatures (already checked) of other nodes over our block at `height`."""
@@ -206,9 +207,19 @@ def node_set_history_of(conn: sqlite3.Connection) -> NodeSetHistory:
         raise QuorumError("bad_node_set", "the store has no genesis entry yet")
     changes = [(decode_operator_entry_unchecked(bytes(d)), int(h), int(t)) for d, h, t in
                conn.execute("SELECT e.data, e.height, b.time FROM entries e JOIN blocks b "
-                            "ON b.height = e.height WHERE e.kind = ? ORDER BY e.idx",
+                            "ON b.height = e.height WHERE e.kind <> 'reading' AND e.kind = ? "
+                            "ORDER BY e.idx",
                             (NODE_SET_CHANGED,))]
     return node_set_history(entry_types.decode_admin(bytes(row[0])), int(row[1]), changes)
+
+
+def changes_node_set(result: ApplyResult) -> bool:
+    """True if the batch's block carries an accepted `node_set_changed` entry: the node set
+    history (node_set_history_of) must be read again."""
+    from ledger_node.admin import NODE_SET_CHANGED
+
+    return result.header is not None and any(
+        a.kind == NODE_SET_CHANGED and a.status == "accepted" for a in result.admin)
 
 
 def node_set_of(conn: sqlite3.Connection, height: int | None = None) -> NodeSet | None:

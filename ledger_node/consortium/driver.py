@@ -37,9 +37,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ledger_node.admin import NODE_SET_CHANGED
 from ledger_node.block import block_hash
-from ledger_node.chain import ApplyResult, Message, OrderedBatch
+from ledger_node.chain import ApplyResult, Message, OrderedBatch, quarantine_row
 from ledger_node.consortium.codec import (
     SIGS_DIR,
     Keys,
@@ -58,6 +57,7 @@ from ledger_node.consortium.cstore import (
     EQUIVOCATION,
     TIME_REFUSED,
     ConsortiumStore,
+    changes_node_set,
     node_set_history_of,
 )
 from ledger_node.consortium.errors import (
@@ -70,7 +70,6 @@ from ledger_node.consortium.errors import (
 from ledger_node.consortium.etcd import EtcdClient, WatchEvent, prefix_end
 from ledger_node.ordering import wall_clock_ms
 from ledger_node.quorum import NodeSet, NodeSetHistory
-from ledger_node.store import QuarantineRow
 from trustfleet.errors import TOO_LARGE
 from trustfleet.receipt import Receipt
 from trustfleet.topics import receipt_topic
@@ -161,8 +160,8 @@ class Consortium:
         if genesis is None:
             return
         self.node_sets = node_set_history_of(self.store.conn)
-        if tip is not None:
-            for h in range(max(0, tip.height - 200), tip.height + 1):
+        if tip is not None:  # below final_height, votes no longer count (_vote)
+            for h in range(max(0, tip.height - 200, self.final_height + 1), tip.height + 1):
                 self._count_votes(h)
 
     def start(self) -> None:
@@ -267,13 +266,8 @@ class Consortium:
         raise EtcdError("unreachable")
 
     def _quarantine_too_large(self, msgs: list[Message], limit: int) -> None:
-        import hashlib
-
-        rows = [QuarantineRow(received=m.received, reason=TOO_LARGE, detail=f"{len(m.payload)} "
-                              f"bytes: larger than a consortium batch may be ({limit})",
-                              topic=m.topic[:256], dev=None, size=len(m.payload),
-                              sha256=hashlib.sha256(m.payload).digest(),
-                              raw=m.payload[:64 * 1024]) for m in msgs]
+        rows = [quarantine_row(m, m.payload, TOO_LARGE, f"{len(m.payload)} bytes: larger than a "
+                               f"consortium batch may be ({limit})", None) for m in msgs]
         self.defer(lambda: self.store.add_quarantine(rows))
 
     # -- watching (watcher thread) --------------------------------------------------------------
@@ -397,13 +391,6 @@ class Consortium:
                 return
             for height, header, sig in posted.sigs:
                 self._on_signature(posted.node, height, header, sig)
-        elif kind == "applied" and not ev.deleted:
-            try:
-                p = decode_progress(ev.value)
-            except BatchDecodeError:
-                return
-            if p.node == who:
-                self.peers[who] = p
 
     def _apply_batch(self, ev: WatchEvent, item: _Queued) -> None:
         try:
@@ -423,11 +410,9 @@ class Consortium:
         self.applied_revision = ev.revision
         self.node._account(result, started)
         if result.header is not None:
-            self.node._last_block = time.monotonic()
             if self.node_set is None and height_before < 0:
                 self._load_node_set()
-            elif any(a.kind == NODE_SET_CHANGED and a.status == "accepted"
-                     for a in result.admin):
+            elif changes_node_set(result):
                 self._load_node_set()
                 log.info("block %d changes the node set: from block %d it is %s",
                          result.header.height, result.header.height + 1,
@@ -518,11 +503,9 @@ class Consortium:
                 self._early.setdefault(height, []).append((node, header, sig))
             return
         ns = self._set_at(height)
-        if ns is None or node not in ns.keys:
-            if ns is not None:
-                log.warning("signature by %r, which is not in the node set: ignored", node)
-            elif len(self._early) < MAX_PENDING_HEIGHTS:
-                self._early.setdefault(height, []).append((node, header, sig))
+        assert ns is not None  # the block is applied, so genesis is: the history is loaded
+        if node not in ns.keys:
+            log.warning("signature by %r, which is not in the node set: ignored", node)
             return
         if not ns.verify(node, header, sig):
             log.warning("signature by %r over block %d does not verify: ignored", node, height)
@@ -538,8 +521,6 @@ class Consortium:
             return
         ours = self.store.header(height)
         if ours is None:
-            if height > self.node.chain.height and len(self._early) < MAX_PENDING_HEIGHTS:
-                self._early.setdefault(height, []).append((node, header, sig))
             return
         if header == ours:
             self.store.add_signatures(height, [(node, sig)])
@@ -568,10 +549,11 @@ class Consortium:
 
     def _count_votes(self, height: int) -> None:
         ns = self._set_at(height)
-        header = self.store.header(height)
-        if ns is None or header is None:
+        block = self.store.block_header(height)
+        if ns is None or block is None:
             return
-        for node, sig in self.store.signatures(height):
+        header, sigs = block
+        for node, sig in sigs:
             if ns.verify(node, header, sig):
                 self._vote(height, node, publish=False)
 
@@ -595,10 +577,10 @@ class Consortium:
         ready = sorted(h for h in self._receipts if h <= final)
         if not ready or final < 0:
             return
-        header = self.store.header(final)
-        if header is None:
+        stored = self.store.block_header(final)
+        if stored is None:
             return
-        sigs = self.store.signatures(final)
+        header, sigs = stored
         merged: dict[str, tuple[str, int, int]] = {}
         for h in ready:
             merged.update(self._receipts.pop(h))
@@ -637,8 +619,6 @@ class Consortium:
                 continue
             self.applied_revision = self.store.applied_revision()
             self._load_node_set()  # the blocks caught up may have changed the node set
-            for h in range(max(0, self.node.chain.height - 50), self.node.chain.height + 1):
-                self._count_votes(h)
             log.info("caught up: %s; following etcd from revision %d", report,
                      self.applied_revision + 1)
             if self.applied_revision + 1 > exc.compact_revision:

@@ -191,12 +191,6 @@ class EtcdClient:
                 [KeyValue(_unb64(kv.get("key"), "key"), _unb64(kv.get("value"), "value"),
                           _int(kv.get("mod_revision"), "mod_revision")) for kv in kvs])
 
-    def revision(self) -> int:
-        """etcd's current revision."""
-        doc = self._call("/v3/kv/range", {"key": _b64(b"\x00"), "limit": 1,
-                                          "count_only": True}, "range")
-        return _int(doc.get("header", {}).get("revision"), "revision")
-
     def delete_range(self, key: bytes, range_end: bytes) -> int:
         doc = self._call("/v3/kv/deleterange", {"key": _b64(key), "range_end": _b64(range_end)},
                          "delete")
@@ -211,9 +205,6 @@ class EtcdClient:
                 return False
             raise
         return True
-
-    def status(self) -> dict[str, Any]:
-        return self._call("/v3/maintenance/status", {}, "status")
 
     def compact_revision(self) -> int:
         """How far history is compacted (0: not at all), asked with a watch from revision 1."""
