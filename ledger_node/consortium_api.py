@@ -26,11 +26,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query
 from fastapi import Path as PathParam
 
 from ledger_node.admin import NODE_SET_CHANGED
-from ledger_node.auth import Principal, require_staff
+from ledger_node.auth import Staff
 from ledger_node.consortium.cstore import evidence, node_set_history_of, read_revision
 from ledger_node.consortium.errors import QuorumError
 from ledger_node.proofs import MAX_INDEX
@@ -41,7 +41,6 @@ from trustfleet.errors import WireError
 MAX_SYNC_BLOCKS = 1000
 MAX_SYNC_BYTES = 64 * 1024 * 1024
 
-Staff = Annotated[Principal, Depends(require_staff)]
 
 
 def _b64(data: bytes) -> str:
