@@ -11,10 +11,15 @@ the same interpreter lock as the apply thread.
 
 * `loop_read` reads what the socket has (64 KiB at a time) and frames every complete
   packet in it;
-* a PUBLISH of QoS 0 or 1 without v5 properties (what devices send) becomes a
-  ReceivedMessage (an MQTTMessage with its topic decoded once and no MQTTMessageInfo made
-  unless asked for) for `on_message` directly; the PUBACK is queued after the callback
-  returns, exactly when paho would send it, and consecutive PUBACKs leave in one `send`;
+* a PUBLISH of QoS 0 or 1 without v5 properties (what devices send) is parsed in that
+  loop and delivered directly. With the batch hook `on_messages` set, every such PUBLISH
+  of one read is delivered in one call, as (topic, payload) pairs in order, so that the
+  receiver does its bookkeeping (the node: one inbox lock) once per read rather than once
+  per message; a packet paho handles ends the batch first, so the order of all messages
+  is kept. Without the hook each becomes a ReceivedMessage (an MQTTMessage with its topic
+  decoded once and no MQTTMessageInfo made unless asked for) for `on_message`. Either way
+  the PUBACKs are queued after the callback returns, exactly when paho would send them,
+  and consecutive PUBACKs leave in one `send`;
 * every other packet (CONNACK, SUBACK, PUBACKs for our receipts, PINGRESP, QoS 2, a
   PUBLISH with properties or a topic that is not UTF-8, ...) is handed to paho's own
   handler, unchanged.
@@ -22,11 +27,15 @@ the same interpreter lock as the apply thread.
 Connecting, TLS, reconnecting, keepalive, subscriptions and publishing are paho's. This
 relies on paho 2.x internals (`_sock`, `_in_packet`, `_out_packet`, `_packet_handle`,
 `_loop_rc_handle`, the callback mutexes; pyproject allows paho-mqtt >=2.1,<3);
-tests/test_mqtt_ingest.py checks it against a real broker, in MQTT 5 and 3.1.1.
+tests/test_mqtt_ingest.py checks it against a real broker, in MQTT 5 and 3.1.1, and
+tests/test_ingest_wire.py against stock paho on crafted streams (the packets a broker
+rarely sends, any split into reads).
 """
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -43,6 +52,12 @@ from paho.mqtt.exception import MalformedPacket
 PUBLISH = 0x30
 PUBACK = 0x40
 READ_SIZE = 64 * 1024
+PUBACK_WORD = PUBACK << 24 | 2 << 16
+"""A PUBACK is 4 bytes: its command, remaining length 2, the message id (big-endian); as
+one big-endian 32-bit word, this ORed with the message id."""
+
+MessagesHook = Callable[[list[tuple[str, bytes]]], None]
+"""`IngestClient.on_messages`: the plain PUBLISHes of one read, as (topic, payload) in order."""
 
 
 _INFO_SLOT: Any = MQTTMessage.__dict__["info"]
@@ -92,6 +107,9 @@ class IngestClient(mqtt.Client):
         self._rbuf = b""
         self._rsock: object = None
         self._filtered = False
+        # The batch hook (module doc). Read once per socket read; paho's own handler, which
+        # never sees a fast-path PUBLISH, keeps calling `on_message` for the others.
+        self.on_messages: MessagesHook | None = None
 
     def message_callback_add(self, sub: str, callback: Any) -> None:
         self._filtered = True  # per-filter callbacks: every PUBLISH goes through paho
@@ -116,11 +134,16 @@ class IngestClient(mqtt.Client):
             self._last_bytes_received = _time_func()
         buf = self._rbuf + data if self._rbuf else data
         pos, end = 0, len(buf)
+        hook = self.on_messages
+        plain = not (self._filtered or self._manual_ack)  # else every PUBLISH is paho's
+        props = int(self._protocol == mqtt.MQTTv5)  # a v5 PUBLISH has a property length
+        batch: list[tuple[str, bytes]] = []  # for the hook, with the PUBACKs they are owed
+        acks: list[int] = []
         try:
             while True:  # every complete packet read so far (at most READ_SIZE more bytes)
                 # fixed header: the command byte, then the remaining length in 1 to 4
                 # bytes of 7 bits each, the last one without its top bit
-                length, mult, i, complete = 0, 1, pos + 1, False
+                head, length, mult, i, complete = pos, 0, 1, pos + 1, False
                 while i < end:
                     byte = buf[i]
                     i += 1
@@ -129,15 +152,45 @@ class IngestClient(mqtt.Client):
                         complete = True
                         break
                     if i - pos > 4:
+                        if batch:  # what came before the malformed packet, as paho would
+                            self._deliver(hook, batch, acks)
                         return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_PROTOCOL)
                     mult <<= 7
                 if not complete or end - i < length:
                     break  # the rest of this packet is still on its way
-                command, body = buf[pos], buf[i:i + length]
-                pos = i + length
-                if (command & 0xF0) == PUBLISH and self._fast_publish(command, body):
-                    continue
-                rc = self._paho_handle(command, body)
+                command, start, pos = buf[pos], i, i + length
+                # A plain PUBLISH (QoS 0 or 1, no v5 properties, a non-empty UTF-8 topic),
+                # parsed here rather than in a method: a call per packet would cost as much
+                # as the parsing. Anything else goes to paho (below), which handles or
+                # rejects it as it would without this class.
+                if (command & 0xF0) == PUBLISH and plain and command & 6 != 4 and length >= 2:
+                    acked = command & 6  # QoS 1
+                    topic_end = start + 2 + (buf[start] << 8 | buf[start + 1])
+                    if topic_end > pos:  # a topic longer than the packet: what there is
+                        topic_end = pos
+                    payload_at = topic_end + 2 if acked else topic_end  # after the message id
+                    if payload_at + props <= pos and not (props and buf[payload_at]) \
+                            and topic_end > start + 2:
+                        try:
+                            text = buf[start + 2:topic_end].decode("utf-8")
+                        except UnicodeDecodeError:
+                            text = ""
+                        if text:
+                            mid = buf[topic_end] << 8 | buf[topic_end + 1] if acked else 0
+                            payload = buf[payload_at + props:pos]
+                            if hook is None:
+                                self._deliver_one(command, buf[start + 2:topic_end], text,
+                                                  payload, mid)
+                            else:
+                                batch.append((text, payload))
+                                if acked:
+                                    acks.append(PUBACK_WORD | mid)
+                            continue
+                if batch:  # delivered before the packet paho handles, to keep the order
+                    pos = head  # (if the hook raises, that packet waits for the next read)
+                    self._deliver(hook, batch, acks)
+                    batch, acks, pos = [], [], i + length
+                rc = self._paho_handle(command, buf[start:pos])
                 if rc:
                     pos = end
                     return self._loop_rc_handle(rc)
@@ -146,6 +199,8 @@ class IngestClient(mqtt.Client):
                     return MQTTErrorCode.MQTT_ERR_NO_CONN
         finally:
             self._rbuf = buf[pos:]
+        if batch:
+            self._deliver(hook, batch, acks)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _paho_handle(self, command: int, body: bytes) -> MQTTErrorCode:
@@ -163,30 +218,11 @@ class IngestClient(mqtt.Client):
                                "remaining_mult": 1, "remaining_length": 0,
                                "packet": bytearray(b""), "to_process": 0, "pos": 0}
 
-    def _fast_publish(self, command: int, body: bytes) -> bool:
-        """Deliver a plain QoS 0/1 PUBLISH; False leaves the packet to paho."""
+    def _deliver_one(self, command: int, topic: bytes, text: str, payload: bytes,
+                     mid: int) -> None:
+        """One plain PUBLISH to `on_message` (no batch hook set), then its PUBACK queued."""
         qos = (command >> 1) & 3
-        if qos == 2 or self._filtered or self._manual_ack or len(body) < 2:
-            return False
-        topic_end = 2 + (body[0] << 8 | body[1])
-        pos, mid = topic_end, 0
-        if qos:
-            if len(body) < pos + 2:
-                return False
-            mid = body[pos] << 8 | body[pos + 1]
-            pos += 2
-        if self._protocol == mqtt.MQTTv5:
-            if len(body) <= pos or body[pos] != 0:
-                return False  # properties (or a topic alias): paho decodes them
-            pos += 1
-        topic = body[2:topic_end]
-        if not topic:
-            return False
-        try:
-            text = topic.decode("utf-8")
-        except UnicodeDecodeError:
-            return False
-        message = ReceivedMessage(mid, topic, text, body[pos:], qos, bool(command & 1),
+        message = ReceivedMessage(mid, topic, text, payload, qos, bool(command & 1),
                                   bool(command & 8), _time_func())
         with self._callback_mutex:
             on_message = self.on_message
@@ -199,10 +235,30 @@ class IngestClient(mqtt.Client):
                     if not self.suppress_exceptions:
                         raise
         if qos:  # acknowledged once the callback has it, as paho does
-            self._out_packet.append({"command": PUBACK, "mid": mid, "qos": 1, "pos": 0,
-                                     "to_process": 4, "info": None,
-                                     "packet": bytes((PUBACK, 2, mid >> 8, mid & 0xFF))})
-        return True
+            self._queue_pubacks((PUBACK_WORD | mid).to_bytes(4, "big"))
+
+    def _deliver(self, hook: MessagesHook | None, batch: list[tuple[str, bytes]],
+                 acks: list[int]) -> None:
+        """One batch to the hook, then its PUBACKs queued (acknowledged once the hook has the
+        messages, as paho acknowledges after on_message). An exception from the hook is
+        logged and, unless suppress_exceptions, raised, as paho does for on_message; the
+        batch then gets no PUBACKs, so the broker sends its QoS 1 messages again."""
+        if hook is not None:
+            with self._in_callback_mutex:
+                try:
+                    hook(batch)
+                except Exception as err:
+                    self._easy_log(MQTT_LOG_ERR, "Caught exception in on_messages: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
+        if acks:
+            self._queue_pubacks(struct.pack(f">{len(acks)}I", *acks))
+
+    def _queue_pubacks(self, packet: bytes) -> None:
+        """Queue `packet`, one PUBACK or several in a row, to be sent."""
+        # "mid" is paho's only for a PUBLISH (on_publish); _packet_write joins PUBACKs too
+        self._out_packet.append({"command": PUBACK, "mid": 0, "qos": 1, "pos": 0,
+                                 "to_process": len(packet), "packet": packet, "info": None})
 
     # -- writing ---------------------------------------------------------------------------
     def _packet_write(self) -> MQTTErrorCode:

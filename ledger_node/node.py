@@ -167,7 +167,8 @@ class LedgerNode:
         self.client = IngestClient(CallbackAPIVersion.VERSION2,  # paho, faster receive
                                    client_id=f"ledger-{cfg.node_id}", protocol=mqtt.MQTTv5)
         self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
+        self.client.on_message = self._on_message  # what paho itself delivers (QoS 2, ...)
+        self.client.on_messages = self._on_messages  # plain PUBLISHes, a socket read at once
         self.client.on_disconnect = self._on_disconnect
         self.broker_url = broker_url(cfg.broker_host, cfg.broker_port, cfg.tls_ca is not None)
         if cfg.tls_ca is not None:
@@ -314,6 +315,14 @@ class LedgerNode:
         # For device lanes, put() waits while they are full, which pushes back on the broker
         # (it holds QoS 1 messages for us); suspect input beyond its cap is summarised.
         self.inbox.put(Message(msg.topic, bytes(msg.payload), wall_clock_ms()))
+
+    def _on_messages(self, batch: list[tuple[str, bytes]]) -> None:
+        """The plain PUBLISHes of one socket read, in one inbox call (one lock, not one per
+        message). They share one received time: it only dates quarantine rows, and they
+        arrived within one read."""
+        self.stats.received += len(batch)
+        now = wall_clock_ms()
+        self.inbox.put_many([Message(topic, payload, now) for topic, payload in batch])
 
     def _enrolled(self, fleet: str, dev: str) -> bool:
         """Called on paho's thread: a dict lookup in the apply thread's state, nothing else."""
