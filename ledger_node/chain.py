@@ -6,8 +6,9 @@ is read. The only side effects are the store transaction and the node's signatur
 envelopes are parsed and signatures checked (the executor: worker processes or none) and
 what was opened ahead of time (`prefetch`) never change a block (tests/test_parallel_verify.py).
 
-The block's transaction also stores the hash of every perfect subtree its entries complete
-(`merkle_nodes`, see ledger_node.subtrees), so that proofs against any head are lookups.
+The block's transaction also stores the hash of every perfect subtree of 16 or more leaves its
+entries complete (`merkle_nodes`, see ledger_node.subtrees), so that a proof against any head
+is a few lookups and at most 15 entries hashed.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
-from hsm import Signer
+from hsm import Signer, verify_es256
 from hsm.certcheck import load_ca_anchor
 from hsm.errors import CaCertificateInvalid
 from ledger_node import entries as entry_types
@@ -43,18 +45,19 @@ from ledger_node.subtrees import append_leaves
 from ledger_node.validate import (
     FLAG_GAP,
     FLAG_PREV_MISMATCH,
+    MAX_ENVELOPE,
+    ROW_FIELDS,
     DeviceState,
     Duplicate,
     KeyHint,
-    Opened,
-    Outcome,
+    OpenedRow,
     Rejected,
     SeqLookup,
-    check_opened,
+    check_reading,
     decide,
     key_hint,
     open_envelopes,
-    verify_candidates,
+    reopen,
 )
 from ledger_node.world import AUDIT, CONTRACT_EVENT, World, check_audit_entry, event_entry
 from ledger_node.world_replay import reading_fact, replay_world
@@ -66,9 +69,9 @@ log = logging.getLogger(__name__)
 QUARANTINE_RAW_LIMIT = 64 * 1024
 
 
-@dataclass(frozen=True)
-class Message:
-    """One MQTT message as received; `received` is the node clock, used only for quarantine."""
+class Message(NamedTuple):
+    """One MQTT message as received; `received` is the node clock, used only for quarantine.
+    (A NamedTuple: the node makes one per message, tens of thousands a second.)"""
 
     topic: str
     payload: bytes
@@ -130,7 +133,7 @@ class _Opening:
     messages: Sequence[Message]
     slots: list[tuple[Message, bytes, DeviceTopic | None, Rejected | None]]
     hints: dict[str, KeyHint | None]
-    opened: Iterator[Opened]
+    opened: Iterator[OpenedRow]
 
 
 class Chain:
@@ -185,7 +188,7 @@ class Chain:
 
         Whatever the next block turns out to be, its contents are those `apply` alone would
         give: the results are used only for the same messages, and a worker's signature check
-        only if it was made with the key `apply`'s own checks pick (validate.check_opened)."""
+        only if it was made with the key `apply`'s own checks pick (validate.check_reading)."""
         if self.executor is not None and messages:
             self._next = self._open(messages, self.devices, at_ms)
 
@@ -209,7 +212,8 @@ class Chain:
             for data in envelopes:
                 slots.append((msg, data, topic, None))
                 work.append((data, hint))
-        return _Opening(messages, slots, hints, open_envelopes(work, self.executor))
+        return _Opening(messages, slots, hints,
+                        open_envelopes(work, self.executor, max_envelope=MAX_ENVELOPE))
 
     def apply(self, batch: OrderedBatch, *, expect: bytes | None = None) -> ApplyResult:
         """Apply one ordered batch; commit a block if it produced any entry.
@@ -260,7 +264,7 @@ class Chain:
             self.world.audit(first + len(new_entries), entry)
             new_entries.append((AUDIT, entry))
 
-        # Each envelope is parsed and checked without history (validate.check_opened), its
+        # Each envelope is parsed and checked without history (validate.check_reading), its
         # signature checked, then, in batch order, checked against the device's history
         # (validate.decide). With an executor, parsing and signatures run in parallel chunks
         # (validate.open_envelopes): workers open the envelopes and check each signature with
@@ -272,45 +276,48 @@ class Chain:
             opening = ahead  # opened while the previous block was written
         else:
             opening = self._open(batch.messages, view, time)
-        opened, hints = opening.opened, opening.hints
+        rows, hints = opening.opened, opening.hints
+        reading_leaves: dict[int, bytes] = {}  # leaf hashes the workers made, by position
+
+        def refuse(msg: Message, raw: bytes, why: Rejected) -> None:
+            quarantine.append(quarantine_row(msg, raw, why.reason, why.detail, why.dev))
+            result.rejected[why.reason] = result.rejected.get(why.reason, 0) + 1
 
         for msg, raw, topic, failed in opening.slots:
-            outcome: Outcome
             if failed is not None:
-                outcome = failed
-            else:
-                got, ok = next(opened)
-                if isinstance(got, WireError):
-                    outcome = Rejected(got.reason, got.detail, topic.device if topic else None)
+                refuse(msg, raw, failed)
+                continue
+            row = next(rows)
+            if len(row) != ROW_FIELDS:  # it did not open: (reason, detail)
+                refuse(msg, raw, Rejected(row[0], row[1], topic.device if topic else None))
+                continue
+            dev, seq, prev, t, ts, k, d, d_json, kid, chain_hash, leaf, low_s, ok, tbs, sig = row
+            state = check_reading(dev, kid, low_s, topic, view, time)
+            if isinstance(state, Rejected):
+                refuse(msg, raw, state)
+                continue
+            hint = hints[msg.topic]
+            if ok is None or hint is None or hint[1] != state.key:
+                if tbs is None:
+                    tbs, sig = reopen(raw, MAX_ENVELOPE)
+                ok = verify_es256(state.key, tbs, sig)
+            current = state_of(dev)
+            decided = decide(dev, seq, prev, t, chain_hash, ok, current, lookup, at_ms=time)
+            if not isinstance(decided, tuple):
+                if isinstance(decided, Duplicate):
+                    result.duplicates += 1
+                    result.touched.add(dev)
                 else:
-                    checked_item = check_opened(got, raw, topic, view, at_ms=time)
-                    if isinstance(checked_item, Rejected):
-                        outcome = checked_item
-                    else:
-                        hint = hints[msg.topic]
-                        if ok is None or hint is None or hint[1] != checked_item.key:
-                            ok = verify_candidates([checked_item])[0]
-                        outcome = decide(checked_item, ok, state_of(checked_item.reading.dev),
-                                         lookup, at_ms=time)
-            if isinstance(outcome, Rejected):
-                quarantine.append(quarantine_row(msg, raw, outcome.reason, outcome.detail,
-                                              outcome.dev))
-                result.rejected[outcome.reason] = result.rejected.get(outcome.reason, 0) + 1
+                    refuse(msg, raw, decided)
                 continue
-            if isinstance(outcome, Duplicate):
-                result.duplicates += 1
-                result.touched.add(outcome.dev)
-                continue
-            r = outcome.reading
             idx = first + len(new_entries)
+            reading_leaves[len(new_entries)] = leaf
             new_entries.append((entry_types.KIND_READING, raw))
-            pending[(r.dev, r.seq)] = outcome.envelope_hash
-            readings.append(ReadingRow(idx, r.dev, r.seq, outcome.envelope_hash, r.t, r.ts,
-                                       r.k, r.d, outcome.flags))
-            _advance(state_of(r.dev), r.seq, r.t, time, outcome.flags, outcome.envelope_hash,
-                     lookup)
+            pending[(dev, seq)] = chain_hash
+            readings.append(ReadingRow(idx, dev, seq, chain_hash, t, ts, k, d, decided, d_json))
+            _advance(current, seq, t, time, decided, chain_hash, lookup)
             result.accepted += 1
-            result.touched.add(r.dev)
+            result.touched.add(dev)
 
         if self.on_decided is not None:
             self.on_decided()
@@ -334,7 +341,8 @@ class Chain:
                 self.store.add_quarantine(quarantine)
             return result
 
-        new_range, nodes = append_leaves(self.range, [leaf_hash(data) for _, data in new_entries])
+        new_range, nodes = append_leaves(self.range, [
+            reading_leaves.get(i) or leaf_hash(data) for i, (_, data) in enumerate(new_entries)])
         header = BlockHeader(chain=self.chain_id, height=height, time=time, prev=self.tip_hash,
                              first=first, count=len(new_entries), size=new_range.size,
                              root=new_range.root(), proposer=batch.proposer)

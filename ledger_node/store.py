@@ -2,13 +2,16 @@
 
 Tables: `blocks` (header bytes, hash, compact Merkle range after the block), `block_sigs`,
 `entries` (the log: leaf index -> entry bytes), `merkle_nodes` (the hash of every perfect
-subtree of two or more leaves, for proofs: see ledger_node.subtrees), `readings` (decoded
+subtree of 16 or more leaves, for proofs: see ledger_node.subtrees), `readings` (decoded
 index of reading entries), `devices` (state derived from the log), `quarantine` and
 `quarantine_summary` (rejected input, node-local, not part of the log, bounded: see
 ledger_node.quarantine) and `meta`.
 
-Schema versions: 1 had no `merkle_nodes`; opening a version-1 store with the writer rebuilds
-that table from `entries` in one transaction and records version 2.
+Schema versions: 1 had no `merkle_nodes`; 2 stored every subtree of two or more leaves (levels
+1 to 3 too). Opening an older store with the writer brings it to version 3 in one transaction:
+from version 1 it rebuilds `merkle_nodes` from `entries`, from version 2 it deletes the rows
+below subtrees.MIN_STORED_LEVEL. A node that knows only version 2 refuses a version-3 store
+(it would look for the deleted rows).
 
 Concurrency rule: one writer connection, used only by the node's apply thread; readers
 (API, verify) open their own read-only connections (`open_reader`).
@@ -21,10 +24,6 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from json.encoder import (  # type: ignore[attr-defined]  # the C encoder, or None
-    c_make_encoder,
-    encode_basestring_ascii,
-)
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,10 +31,11 @@ from ledger_node.errors import StoreError
 from ledger_node.merkle import CompactRange, leaf_hash
 from ledger_node.quarantine import SCHEMA as QUARANTINE_SCHEMA
 from ledger_node.quarantine import QuarantineBook, QuarantineLimits, Tally
-from ledger_node.subtrees import StoredNode, append_leaves
+from ledger_node.reading_json import reading_json
+from ledger_node.subtrees import MIN_STORED_LEVEL, StoredNode, append_leaves
 from ledger_node.validate import DeviceState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _BACKFILL_CHUNK = 10_000
 
 _SCHEMA = """
@@ -98,29 +98,6 @@ CREATE TABLE IF NOT EXISTS audit (
 """ + QUARANTINE_SCHEMA
 
 
-def _d_json_encoder() -> Callable[[Any], str]:
-    """json.dumps(d, sort_keys=True), the same text, for the `d` of every reading.
-
-    JSONEncoder.encode builds the C encoder again at every call; this builds it once, with
-    the arguments json.dumps gives it (`markers` None: no cycle check, as a decoded CBOR
-    map has no cycles). Without the C accelerator: JSONEncoder.encode itself."""
-    if c_make_encoder is None:
-        return json.JSONEncoder(sort_keys=True).encode
-    encoder = c_make_encoder(None, _not_json, encode_basestring_ascii, None, ": ", ", ",
-                             True, False, True)
-
-    def encode(value: Any) -> str:
-        return "".join(encoder(value, 0))
-
-    return encode
-
-
-def _not_json(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-_D_JSON = _d_json_encoder()
-
 _DEVICE_COLUMNS = ("dev", "fleet", "key", "kid", "enrolled_height", "revoked_height", "last_seq",
                    "contiguous_seq", "last_seen", "last_t", "readings", "gaps", "prev_mismatches")
 
@@ -146,6 +123,8 @@ class ReadingRow(NamedTuple):
     k: str
     d: dict[str, Any]
     flags: tuple[str, ...]
+    d_json: str | None = None
+    """`d` as stored (ledger_node.reading_json), if the caller has it already."""
 
 
 @dataclass(frozen=True)
@@ -301,9 +280,13 @@ class Store:
         if version > SCHEMA_VERSION:
             raise StoreError(f"ledger store {self.path} has schema {version}; this node knows "
                              f"only up to {SCHEMA_VERSION}")
-        if version < 2:
+        if version < SCHEMA_VERSION:
             with self.conn:
-                self._rebuild_merkle_nodes()
+                if version < 2:
+                    self._rebuild_merkle_nodes()
+                # Version 2 rows of levels 1..3: proofs now hash those subtrees from `entries`.
+                # A range of the (level, idx) primary key; version 3 records that it is done.
+                self.conn.execute("DELETE FROM merkle_nodes WHERE level < ?", (MIN_STORED_LEVEL,))
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'",
                                   (str(SCHEMA_VERSION).encode(),))
 
@@ -358,11 +341,12 @@ class Store:
                           [(block.first + i, block.height, kind, data)
                            for i, (kind, data) in enumerate(block.entries)])
             c.executemany("INSERT INTO merkle_nodes VALUES (?, ?, ?)", block.nodes)
-            height, time, d_json = block.height, block.time, _D_JSON
+            height, time = block.height, block.time
             c.executemany(
                 "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.idx, r.dev, r.seq, r.hash, r.t, r.ts, r.k, d_json(r.d), ",".join(r.flags),
-                  height, time) for r in block.readings])
+                [(r.idx, r.dev, r.seq, r.hash, r.t, r.ts, r.k,
+                  reading_json(r.d) if r.d_json is None else r.d_json,
+                  ",".join(r.flags) if r.flags else "", height, time) for r in block.readings])
             c.executemany(
                 f"INSERT OR REPLACE INTO devices ({', '.join(_DEVICE_COLUMNS)}) "
                 f"VALUES ({', '.join('?' for _ in _DEVICE_COLUMNS)})",

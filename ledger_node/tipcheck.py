@@ -12,8 +12,9 @@ raises TamperError naming the first thing that is wrong:
   first/count agree with the row and with the tree size;
 * the tip's entries, appended to block height-1's frontier, give the tip's frontier again (a
   changed, missing or extra entry in the last block is caught here);
-* `merkle_nodes` holds, unchanged, every subtree the tip block completed and every subtree of
-  the tip's frontier (the nodes the next block and every new proof will build on);
+* `merkle_nodes` holds, unchanged, every stored subtree (level >= subtrees.MIN_STORED_LEVEL)
+  the tip block completed and every stored subtree of the tip's frontier (the nodes the next
+  block and every new proof will build on; smaller ones are hashed from entries when read);
 * nothing is stored past the tip: no entry at or after the tree size.
 
 A genesis entry naming this node with another key raises ConfigError: the node was started
@@ -31,7 +32,7 @@ from ledger_node.consortium.errors import QuorumError
 from ledger_node.errors import ConfigError, LedgerError, ProofError, TamperError
 from ledger_node.merkle import CompactRange, leaf_hash, perfect_subtrees
 from ledger_node.quorum import GENESIS_NODES, block_signatures_problem, genesis_keys
-from ledger_node.subtrees import append_leaves
+from ledger_node.subtrees import MIN_STORED_LEVEL, append_leaves
 from trustfleet.errors import WireError
 
 __all__ = ["check_tip"]
@@ -163,7 +164,7 @@ def _frontier_before(conn: sqlite3.Connection, header: BlockHeader, where: str) 
 def _check_nodes(conn: sqlite3.Connection, completed: list[tuple[int, int, bytes]],
                  tip: CompactRange) -> None:
     edge = [(n.level, n.index, h) for n, h in zip(perfect_subtrees(0, tip.size), tip.hashes,
-                                                  strict=True) if n.level > 0]
+                                                  strict=True) if n.level >= MIN_STORED_LEVEL]
     for level, index, want in [*completed, *edge]:
         got = conn.execute("SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?",
                            (level, index)).fetchone()

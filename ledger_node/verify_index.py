@@ -9,8 +9,10 @@ node stores is derived from it and is checked here, row by row, naming each dama
 * `readings`: one row per reading entry, equal in every column to what the log replay says
   (dev, seq, envelope hash, device time and values, flags, block, ledger time), and no row
   for anything else;
-* `merkle_nodes`: every subtree a block completed is stored with the recomputed hash, and
-  no other row exists;
+* `merkle_nodes`: every subtree of level >= subtrees.MIN_STORED_LEVEL a block completed is
+  stored with the recomputed hash, and no other row exists (a store still at schema 2, which
+  the node's writer has not opened since, also holds levels 1 to 3 as that schema did: their
+  number and places are checked; a schema-3 store has none);
 * `devices`: one row per enrolled device, equal to the replayed state (last_seq,
   contiguous_seq, gaps, ...), and no row for a device the log never enrolled.
 """
@@ -25,8 +27,12 @@ from ledger_node.block import BlockHeader
 from ledger_node.errors import TamperError
 from ledger_node.merkle import CompactRange
 from ledger_node.replay import ReplayedDevice
+from ledger_node.subtrees import MIN_STORED_LEVEL, stored_node_count
 
 MAX_NAMED = 50
+_SCHEMA_WITHOUT_LOW_NODES = 3
+"""First store schema (ledger_node.store) whose `merkle_nodes` has no level below
+MIN_STORED_LEVEL; version 2 stored every level from 1."""
 _READING_COLUMNS = ("dev", "seq", "hash", "t", "ts", "k", "d", "flags", "height", "ledger_time")
 _DEVICE_COLUMNS = ("fleet", "key", "kid", "enrolled_height", "revoked_height", "last_seq",
                    "contiguous_seq", "last_seen", "last_t", "readings", "gaps",
@@ -98,6 +104,7 @@ class IndexCheck:
             self.problem(f"readings row {idx}", f"indexes no entry (the log has {size})")
 
     def merkle_nodes(self, nodes: Iterable[tuple[int, int, bytes]]) -> None:
+        """Check the rows of the subtrees one block completed (subtrees.append_leaves)."""
         by_level: dict[int, list[tuple[int, bytes]]] = {}
         for level, idx, h in nodes:
             by_level.setdefault(level, []).append((idx, h))
@@ -116,17 +123,37 @@ class IndexCheck:
                 self.checked["merkle_nodes"] += 1
 
     def merkle_extras(self, size: int) -> None:
-        expected = size - size.bit_count()
+        """Name rows no subtree of the log accounts for, and count the rows against a tree of
+        ``size`` leaves (rows of levels 1 to 3 are expected only in a schema-2 store)."""
+        if self._schema() < _SCHEMA_WITHOUT_LOW_NODES:
+            lowest, expected = 1, size - size.bit_count()
+        else:
+            lowest, expected = MIN_STORED_LEVEL, stored_node_count(size)
         total = self.conn.execute("SELECT COUNT(*) FROM merkle_nodes").fetchone()[0]
         if total == expected:
             return
-        rows = self.conn.execute("SELECT level, idx FROM merkle_nodes WHERE level < 1 OR idx < 0 "
-                                 "OR ((idx + 1) << level) > ? LIMIT ?", (size, MAX_NAMED))
+        # (idx + 1) << level > size, as idx >= size >> level: SQLite's << overflows (a row of
+        # level 63 or more, or a huge idx, would pass), its >> does not.
+        rows = self.conn.execute("SELECT level, idx FROM merkle_nodes WHERE level < ? OR idx < 0 "
+                                 "OR idx >= (? >> level) LIMIT ?", (lowest, size, MAX_NAMED))
         for level, idx in rows:
-            self.problem(f"merkle_nodes row (level {level}, index {idx})",
-                         f"is not a subtree of the log's {size} entries")
+            if level < 1 or idx < 0 or idx >= size >> level:
+                detail = f"is not a subtree of the log's {size} entries"
+            else:
+                detail = (f"is below level {MIN_STORED_LEVEL}: smaller subtrees are hashed from "
+                          "the entries, not stored")
+            self.problem(f"merkle_nodes row (level {level}, index {idx})", detail)
         if total < expected:
             self.problem("merkle_nodes", f"{total} rows, a tree of {size} needs {expected}")
+
+    def _schema(self) -> int:
+        """The store's schema version from `meta`; an unreadable one counts as the newest, whose
+        rules are the strictest."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        try:
+            return int(bytes(row[0]).decode())
+        except (TypeError, ValueError):
+            return _SCHEMA_WITHOUT_LOW_NODES
 
     def devices(self, replayed: dict[str, ReplayedDevice]) -> None:
         rows = {r["dev"]: r for r in self.conn.execute("SELECT * FROM devices")}

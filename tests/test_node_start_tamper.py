@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ledger_node.merkle import perfect_subtrees
+from ledger_node.subtrees import MIN_STORED_LEVEL
 from tests.chainkit import Device
 from tests.fleet import NodeProcess, ca_path_for, cli, start_node, write_enrollments
 from tests.mqttkit import TestClient
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory, device_rig: object) -> tuple[Path, Path]:
-    """A node's data folder after three blocks of readings, and its enrolment file."""
+    """A node's data folder after three blocks of readings, and its enrolment file. 20 entries
+    in all, so that merkle_nodes holds a subtree (16 leaves or more) for edge_subtree."""
     tmp = tmp_path_factory.mktemp("start")
     port = free_port()
     broker = start_broker(tmp / "broker", port, tmp / "broker" / "mosquitto.log")
@@ -34,8 +36,8 @@ def pristine(tmp_path_factory: pytest.TempPathFactory, device_rig: object) -> tu
     try:
         with TestClient(port, "truck-1") as mq:
             for _ in range(3):  # one block each
-                mq.publish(dev.topic, dev.reading())
-                mq.publish(dev.topic, dev.reading())
+                for _ in range(6):
+                    mq.publish(dev.topic, dev.reading())
                 wait_for(partial(_committed, node, dev.seq), 30, "readings", proc=node.proc,
                          log_file=node.log)
     finally:
@@ -94,7 +96,7 @@ def tip_entry(conn: sqlite3.Connection) -> None:
 
 def edge_subtree(conn: sqlite3.Connection) -> None:
     size = conn.execute("SELECT size FROM blocks ORDER BY height DESC LIMIT 1").fetchone()[0]
-    node = next(n for n in perfect_subtrees(0, size) if n.level > 0)
+    node = next(n for n in perfect_subtrees(0, size) if n.level >= MIN_STORED_LEVEL)
     _flip(conn, "merkle_nodes", "hash", f"level = {node.level} AND idx = {node.index}", at=0)
 
 
@@ -110,7 +112,7 @@ def extra_entry(conn: sqlite3.Connection) -> None:
     (previous_hash, "(the tip): prev does not match block"),
     (tip_frontier, "(the tip): stored frontier does not give the header's tree size and root"),
     (tip_entry, "(the tip): Merkle root recomputed from the stored entries does not match"),
-    (edge_subtree, "merkle_nodes row (level"),
+    (edge_subtree, "merkle_nodes row (level 4, index 0)"),
     (extra_entry, "stored past the tip's tree size"),
 ])
 def test_a_node_refuses_to_start_on_a_damaged_tip_and_says_why(
@@ -142,6 +144,6 @@ def test_an_intact_store_resumes(pristine: tuple[Path, Path], tmp_path: Path,
     shutil.copytree(pristine[0], data)
     node = start_node(data, device_rig.directory, broker.port, pristine[1])  # type: ignore[attr-defined]
     try:
-        assert node.get("/v1/devices")[0]["contiguous_seq"] == 6
+        assert node.get("/v1/devices")[0]["contiguous_seq"] == 18
     finally:
         assert node.stop() == 0

@@ -1,7 +1,9 @@
 """Proofs from a real store: stored subtree hashes, inclusion and consistency proofs.
 
 Every proof the store serves is cross-checked against merkle.RangeHasher recomputing the tree
-from all leaf hashes, for every head and every entry of chains with many block sizes.
+from all leaf hashes, for every head and every entry of chains with many block sizes, and
+against the RFC 9162 reference (tests/test_merkle_reference) for every tree size up to 70, so
+that both the stored subtrees (16 leaves or more) and those hashed from entries are used.
 """
 
 from __future__ import annotations
@@ -27,8 +29,14 @@ from ledger_node.merkle import (
 )
 from ledger_node.proofs import BadProofRequest, NotInLog
 from ledger_node.store import Store, open_reader
-from ledger_node.subtrees import SubtreeReader, append_leaves
+from ledger_node.subtrees import (
+    MIN_STORED_LEVEL,
+    SubtreeReader,
+    append_leaves,
+    stored_node_count,
+)
 from tests.chainkit import ChainUnderTest, Device
+from tests.test_merkle_reference import ref_path, ref_proof
 
 # Block sizes chosen to cross every power-of-two boundary up to 128 entries, in odd steps.
 BLOCK_SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 1, 1, 31, 2, 6]
@@ -55,18 +63,18 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_append_leaves_matches_compact_range_and_stores_every_perfect_subtree() -> None:
-    leaves = [leaf_hash(bytes([i])) for i in range(37)]
+def test_append_leaves_matches_compact_range_and_stores_every_subtree_of_16_or_more() -> None:
+    leaves = [leaf_hash(bytes([i])) for i in range(100)]
     reference = RangeHasher(leaves)
     frontier, stored = CompactRange(), {}
-    for chunk in ([0], [1, 2], list(range(3, 10)), list(range(10, 37))):
+    for chunk in ([0], [1, 2], list(range(3, 10)), list(range(10, 37)), list(range(37, 100))):
         frontier, nodes = append_leaves(frontier, [leaves[i] for i in chunk])
         stored.update({(lvl, idx): h for lvl, idx, h in nodes})
     expect = CompactRange()
     expect.extend(leaves)
-    assert frontier == expect and frontier.root() == reference(0, 37)
-    want = {(lvl, i) for lvl in range(1, 6) for i in range(37 >> lvl)}
-    assert set(stored) == want  # n - popcount(n) nodes: every subtree of 2+ leaves, no more
+    assert frontier == expect and frontier.root() == reference(0, 100)
+    want = {(lvl, i) for lvl in range(MIN_STORED_LEVEL, 7) for i in range(100 >> lvl)}
+    assert set(stored) == want and len(want) == stored_node_count(100) == 6 + 3 + 1
     for (lvl, i), h in stored.items():
         assert h == reference(i << lvl, (i + 1) << lvl)
 
@@ -82,7 +90,7 @@ def test_append_leaves_in_any_chunks_gives_the_compact_range(chunks: list[int]) 
         seen += len(nodes)
     assert frontier.size == len(leaves)
     assert frontier.root() == RangeHasher(leaves)(0, len(leaves))
-    assert seen == len(leaves) - len(leaves).bit_count()
+    assert seen == stored_node_count(len(leaves))
 
 
 def test_every_inclusion_proof_at_every_head_matches_the_recomputed_tree(store: Path) -> None:
@@ -156,34 +164,93 @@ def test_requests_outside_the_log_are_named(store: Path) -> None:
     conn.close()
 
 
+def test_every_proof_of_every_tree_size_to_70_matches_the_rfc_reference(tmp_path: Path) -> None:
+    db = tmp_path / "l.sqlite"
+    build(db, [1] * 67).store.close()  # one entry a block: a head at every size from 3 to 70
+    conn = open_reader(db)
+    data = [bytes(r[0]) for r in conn.execute("SELECT data FROM entries ORDER BY idx")]
+    heads = [proofs.signed_head(conn, h) for h in range(proofs.latest_height(conn) + 1)]
+    assert [h.header.size for h in heads] == list(range(3, 71))
+    for head in heads:
+        size, reader = head.header.size, SubtreeReader(conn)
+        for index in range(size):
+            got = proofs.inclusion(conn, index, head, reader).hashes
+            assert list(got) == ref_path(index, data[:size]), (index, size)
+    for old in heads:
+        for new in heads[old.height + 1:]:
+            got = proofs.consistency(conn, old.height, new.height).hashes
+            assert list(got) == ref_proof(old.header.size, data[:new.header.size])
+    # Sizes 1 and 2 (a chain starts at 3): the reader on its own, with the leaves as entries.
+    for size in range(1, 71):
+        reader = SubtreeReader(conn)
+        assert all(inclusion_proof(i, size, reader) == ref_path(i, data[:size])
+                   for i in range(size))
+        assert all(consistency_proof(m, size, reader) == ref_proof(m, data[:size])
+                   for m in range(1, size))
+    conn.close()
+
+
+def test_the_reader_stores_no_small_subtree_and_memoises_what_it_hashes(tmp_path: Path) -> None:
+    db = tmp_path / "l.sqlite"
+    build(db, [40]).store.close()
+    conn = open_reader(db)
+    assert conn.execute("SELECT COUNT(*) FROM merkle_nodes WHERE level < ?",
+                        (MIN_STORED_LEVEL,)).fetchone()[0] == 0
+    hasher = RangeHasher(leaf_hashes(conn))
+    reader = SubtreeReader(conn)
+    assert reader.node(3, 2) == hasher(16, 24)  # one query for entries 16 to 23
+    with sqlite3.connect(db) as writer:
+        writer.execute("DELETE FROM entries WHERE idx BETWEEN 16 AND 23")
+    writer.close()
+    assert reader.node(2, 5) == hasher(20, 24) and reader.node(0, 17) == hasher(17, 18)
+    with pytest.raises(StoreError, match="entry 16 is not in the store"):
+        SubtreeReader(conn).node(1, 8)
+    conn.close()
+
+
 def test_a_tampered_subtree_hash_makes_the_node_refuse_to_serve_the_proof(tmp_path: Path) -> None:
     db = tmp_path / "l.sqlite"
-    build(db, [4, 4]).store.close()
+    build(db, [20, 4]).store.close()  # sizes 3, 23, 27
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE merkle_nodes SET hash = ? WHERE level = 2 AND idx = 1", (bytes(32),))
+        conn.execute("UPDATE merkle_nodes SET hash = ? WHERE level = 4 AND idx = 0", (bytes(32),))
     conn = open_reader(db)
-    with pytest.raises(TamperError, match="entry 0 against block 2: the store does not "
+    with pytest.raises(TamperError, match="entry 20 against block 2: the store does not "
                                           "reproduce the signed root"):
-        proofs.inclusion(conn, 0)
+        proofs.inclusion(conn, 20)
     with pytest.raises(TamperError, match="refusing to serve this proof"):
-        proofs.consistency(conn, 0, 2)
+        proofs.consistency(conn, 1, 2)
     conn.close()
 
 
 def test_a_missing_subtree_hash_is_named(tmp_path: Path) -> None:
     db = tmp_path / "l.sqlite"
-    build(db, [4]).store.close()
+    build(db, [20]).store.close()
     with sqlite3.connect(db) as conn:
-        conn.execute("DELETE FROM merkle_nodes WHERE level = 1 AND idx = 1")
+        conn.execute("DELETE FROM merkle_nodes WHERE level = 4 AND idx = 0")
     conn = open_reader(db)
-    with pytest.raises(TamperError, match=r"merkle node \(level 1, index 1\) is not in the store"):
-        proofs.inclusion(conn, 0)
+    with pytest.raises(TamperError, match=r"merkle node \(level 4, index 0\) is not in the store"):
+        proofs.inclusion(conn, 20)
+    conn.close()
+
+
+def test_an_entry_missing_under_a_small_subtree_is_named(tmp_path: Path) -> None:
+    db = tmp_path / "l.sqlite"
+    build(db, [20]).store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM entries WHERE idx IN (5, 6)")
+    conn = open_reader(db)
+    with pytest.raises(TamperError, match=r"entry 0 against block 1: entry 5 is not in the "
+                                          r"store; refusing to serve this proof"):
+        proofs.inclusion(conn, 0)  # its sibling at level 2 covers entries 4 to 7
+    with pytest.raises(TamperError, match=r"consistency of block 0 with block 1: entry 5 is "
+                                          r"not in the store"):
+        proofs.consistency(conn, 0, 1)
     conn.close()
 
 
 def test_a_version_1_store_gets_its_subtree_hashes_rebuilt_on_open(tmp_path: Path) -> None:
     db = tmp_path / "l.sqlite"
-    build(db, [3, 5, 8]).store.close()
+    build(db, [3, 5, 8, 20]).store.close()
     with sqlite3.connect(db) as conn:
         before = conn.execute("SELECT * FROM merkle_nodes ORDER BY level, idx").fetchall()
         conn.execute("DELETE FROM merkle_nodes")
@@ -192,7 +259,35 @@ def test_a_version_1_store_gets_its_subtree_hashes_rebuilt_on_open(tmp_path: Pat
     with sqlite3.connect(db) as conn:
         after = conn.execute("SELECT * FROM merkle_nodes ORDER BY level, idx").fetchall()
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
-    assert after == before and len(before) > 0 and bytes(version) == b"2"
+    assert after == before and len(before) == stored_node_count(39) and bytes(version) == b"3"
+
+
+def test_a_version_2_store_loses_its_small_subtree_rows_once_and_still_proves(
+        tmp_path: Path) -> None:
+    db = tmp_path / "l.sqlite"
+    build(db, BLOCK_SIZES).store.close()
+    with sqlite3.connect(db) as conn:  # as schema 2 wrote it: every subtree of 2+ leaves
+        before = conn.execute("SELECT * FROM merkle_nodes ORDER BY level, idx").fetchall()
+        hasher = RangeHasher(leaf_hashes(conn))
+        size = len(leaf_hashes(conn))
+        old = [(lvl, i, hasher(i << lvl, (i + 1) << lvl))
+               for lvl in range(1, MIN_STORED_LEVEL) for i in range(size >> lvl)]
+        conn.executemany("INSERT INTO merkle_nodes VALUES (?, ?, ?)", old)
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"2",))
+        assert conn.execute("SELECT COUNT(*) FROM merkle_nodes").fetchone()[0] == \
+            size - size.bit_count()
+    Store(db).close()
+    with sqlite3.connect(db) as conn:
+        after = conn.execute("SELECT * FROM merkle_nodes ORDER BY level, idx").fetchall()
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+        conn.execute("INSERT INTO merkle_nodes VALUES (1, 0, ?)", (old[0][2],))
+    assert after == before and len(after) == stored_node_count(size) and bytes(version) == b"3"
+    test_every_inclusion_proof_at_every_head_matches_the_recomputed_tree(db)
+    test_every_consistency_proof_between_heads_matches_the_recomputed_tree(db)
+    Store(db).close()  # done once: a version-3 store is not migrated again at every open
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM merkle_nodes WHERE level < ?",
+                            (MIN_STORED_LEVEL,)).fetchone()[0] == 1
 
 
 def test_a_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -200,17 +295,19 @@ def test_a_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     Store(db).close()
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"9",))
-    with pytest.raises(StoreError, match="has schema 9; this node knows only up to 2"):
+    with pytest.raises(StoreError, match="has schema 9; this node knows only up to 3"):
         Store(db)
 
 
 def test_block_commit_writes_the_subtree_hashes_in_the_same_transaction(tmp_path: Path) -> None:
     db = tmp_path / "l.sqlite"
-    tc = build(db, [5])
+    tc = build(db, [5, 30, 40])
     conn = open_reader(db)
-    nodes = conn.execute("SELECT COUNT(*) FROM merkle_nodes").fetchone()[0]
+    rows = [tuple(r) for r in conn.execute("SELECT level, idx FROM merkle_nodes "
+                                           "ORDER BY level, idx")]
     size = tc.chain.size
-    assert nodes == size - size.bit_count()
+    assert size == 78 and rows == [(4, 0), (4, 1), (4, 2), (4, 3), (5, 0), (5, 1), (6, 0)]
+    assert len(rows) == stored_node_count(size)
     conn.close()
     tc.store.close()
 

@@ -168,7 +168,9 @@ def test_a_tampered_store_answers_503_and_says_why(client: TestClient, db: Path)
     got = client.get("/v1/entries/5/proof")
     assert got.status_code == 503
     detail = got.json()["detail"]
-    assert detail.startswith("this node cannot serve that proof: entry 5 against block 4: the "
+    # The bundle proves the genesis entry first: its path's sibling [4, 8), a subtree too small
+    # to be stored, is hashed from entries 4 to 7, so the damage shows there already.
+    assert detail.startswith("this node cannot serve that proof: entry 0 against block 4: the "
                              "store does not reproduce the signed root")
     assert detail.endswith("refusing to serve this proof")
     assert client.get("/v1/entries/4/proof").status_code == 503  # entry 5 is on 4's path

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ledger_node.merkle import RangeHasher, leaf_hash
+from ledger_node.subtrees import MIN_STORED_LEVEL
 from ledger_node.verify import verify_store
 from tests.chainkit import ChainUnderTest, Device
 from tests.fleet import cli
@@ -44,7 +46,7 @@ def test_an_honest_store_passes_with_index_counts_and_the_per_device_report(
     assert out.returncode == 0, out.stdout + out.stderr
     assert "OK: 5 blocks (height 4), 15 entries, 12 readings from 2 devices" in out.stdout
     assert ("index rows checked against the log: 5 blocks, 15 entries.kind, 12 readings, "
-            "11 merkle_nodes, 2 devices") in out.stdout
+            "0 merkle_nodes, 2 devices") in out.stdout  # 15 entries: no subtree of 16 stored
     assert ("devices (log replay): 2; 1 with gaps (1 gap(s), 1 missing seq), 1 with broken "
             "prev links (1)") in out.stdout
     table = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()
@@ -58,13 +60,6 @@ def _set(sql: str, *args: object) -> Callable[[sqlite3.Connection], None]:
     def tamper(conn: sqlite3.Connection) -> None:
         conn.execute(sql, args)
     return tamper
-
-
-def _flip_merkle_node(conn: sqlite3.Connection) -> None:
-    h = bytearray(conn.execute("SELECT hash FROM merkle_nodes WHERE level = 2 AND idx = 1"
-                               ).fetchone()[0])
-    h[0] ^= 0x80
-    conn.execute("UPDATE merkle_nodes SET hash = ? WHERE level = 2 AND idx = 1", (bytes(h),))
 
 
 def _reading_hash(conn: sqlite3.Connection) -> None:
@@ -96,9 +91,6 @@ def _reading_hash(conn: sqlite3.Connection) -> None:
     (_set("INSERT INTO devices SELECT 'ghost', fleet, key, x'01', enrolled_height, NULL, 0, 0, "
           "NULL, NULL, 0, 0, 0 FROM devices WHERE dev = 'truck-1'"),
      "devices row 'ghost': the log never enrols this device"),
-    (_flip_merkle_node, "merkle_nodes row (level 2, index 1): hash differs from the subtree"),
-    (_set("DELETE FROM merkle_nodes WHERE level = 1 AND idx = 5"),
-     "merkle_nodes row (level 1, index 5): missing"),
     (_set("INSERT INTO merkle_nodes VALUES (1, 7, zeroblob(32))"),
      "merkle_nodes row (level 1, index 7): is not a subtree of the log's 15 entries"),
     (_set("UPDATE blocks SET time = time + 1 WHERE height = 2"),
@@ -117,6 +109,91 @@ def test_a_damaged_index_row_is_named_and_fails_verify(
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"FAILED: {named}" in out.stdout, out.stdout
     assert "checked 5 good blocks" in out.stdout  # the log itself is intact
+
+
+def build_long(tmp_path: Path) -> Path:
+    """Blocks 1-5 of 13 readings: 68 entries, so merkle_nodes holds the subtrees of 16 leaves or
+    more: (4, 0..3), (5, 0..1) and (6, 0)."""
+    db = tmp_path / "node" / "ledger.sqlite"
+    db.parent.mkdir()
+    a, b = Device("truck-1"), Device("truck-2")
+    tc = ChainUnderTest(db, [a, b])
+    for _ in range(5):
+        tc.apply([(a if i % 2 else b).message((a if i % 2 else b).reading()) for i in range(13)])
+    tc.store.close()
+    return db
+
+
+def _flip_merkle_node(level: int, idx: int) -> Callable[[sqlite3.Connection], None]:
+    def tamper(conn: sqlite3.Connection) -> None:
+        where = f"level = {level} AND idx = {idx}"
+        h = bytearray(conn.execute(f"SELECT hash FROM merkle_nodes WHERE {where}").fetchone()[0])
+        h[0] ^= 0x80
+        conn.execute(f"UPDATE merkle_nodes SET hash = ? WHERE {where}", (bytes(h),))
+    return tamper
+
+
+def test_an_honest_store_with_stored_subtrees_passes(tmp_path: Path) -> None:
+    report = verify_store(build_long(tmp_path))
+    assert report.ok, report.problems
+    assert report.index_rows["merkle_nodes"] == 7
+
+
+@pytest.mark.parametrize("tamper, named", [
+    (_flip_merkle_node(4, 1), "merkle_nodes row (level 4, index 1): hash differs from the "
+                              "subtree recomputed from the entries"),
+    (_flip_merkle_node(6, 0), "merkle_nodes row (level 6, index 0): hash differs from the "
+                              "subtree recomputed from the entries"),
+    (_set("DELETE FROM merkle_nodes WHERE level = 5 AND idx = 1"),
+     "merkle_nodes row (level 5, index 1): missing"),
+    (_set("INSERT INTO merkle_nodes VALUES (4, 4, zeroblob(32))"),
+     "merkle_nodes row (level 4, index 4): is not a subtree of the log's 68 entries"),
+    (_set("INSERT INTO merkle_nodes VALUES (64, 0, zeroblob(32))"),
+     "merkle_nodes row (level 64, index 0): is not a subtree of the log's 68 entries"),
+    (_set("INSERT INTO merkle_nodes VALUES (5, 1 << 58, zeroblob(32))"),
+     f"merkle_nodes row (level 5, index {1 << 58}): is not a subtree of the log's 68 entries"),
+    (_set("INSERT INTO merkle_nodes VALUES (2, 3, zeroblob(32))"),
+     "merkle_nodes row (level 2, index 3): is below level 4: smaller subtrees are hashed from "
+     "the entries, not stored"),
+])
+def test_a_damaged_stored_subtree_row_is_named_and_fails_verify(
+        tmp_path: Path, tamper: Callable[[sqlite3.Connection], None], named: str) -> None:
+    db = build_long(tmp_path)
+    with sqlite3.connect(db) as conn:
+        tamper(conn)
+    report = verify_store(db)
+    assert not report.ok and str(report.problems[0]) == named, report.problems
+    out = run_verify(db) if "level 5" in named else None  # the CLI says the same
+    assert out is None or (out.returncode == 1 and f"FAILED: {named}" in out.stdout)
+
+
+def test_a_schema_2_store_not_yet_opened_by_the_writer_verifies_with_its_small_rows(
+        tmp_path: Path) -> None:
+    db = build_long(tmp_path)
+    with sqlite3.connect(db) as conn:  # levels 1 to 3 as schema 2 stored them
+        hasher = RangeHasher([leaf_hash(bytes(r[0]))
+                              for r in conn.execute("SELECT data FROM entries ORDER BY idx")])
+        conn.executemany("INSERT INTO merkle_nodes VALUES (?, ?, ?)",
+                         [(lvl, i, hasher(i << lvl, (i + 1) << lvl))
+                          for lvl in range(1, MIN_STORED_LEVEL) for i in range(68 >> lvl)])
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"2",))
+    report = verify_store(db)
+    assert report.ok, report.problems
+    with sqlite3.connect(db) as conn:  # in a schema-3 store the same rows do not belong
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"3",))
+    problems = [str(p) for p in verify_store(db).problems]  # 34 + 17 + 8 rows, 50 named
+    assert len(problems) == 50 and all(p.endswith("): is below level 4: smaller subtrees are "
+                                              "hashed from the entries, not stored")
+                                       for p in problems)
+    assert problems[0].startswith("merkle_nodes row (level 1, index 0): ")
+    with sqlite3.connect(db) as conn:  # schema 2, a row out of place: named as before
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"2",))
+        conn.execute("DELETE FROM merkle_nodes WHERE level = 2 AND idx = 3")
+        conn.execute("INSERT INTO merkle_nodes VALUES (3, 9, zeroblob(32))")
+        conn.execute("DELETE FROM merkle_nodes WHERE level = 1 AND idx = 0")
+    assert [str(p) for p in verify_store(db).problems] == [
+        "merkle_nodes row (level 3, index 9): is not a subtree of the log's 68 entries",
+        "merkle_nodes: 65 rows, a tree of 68 needs 66"]
 
 
 def test_every_damaged_row_is_listed_not_only_the_first(tmp_path: Path) -> None:
