@@ -140,16 +140,17 @@ class Chain:
     """The chain state of one node and the rule that extends it.
 
     `executor`: where envelopes are opened and signatures checked (validate.open_envelopes);
-    blocks are the same without one. `on_decided`, if set, is called in `apply` once the
-    block's contents are decided and before it is signed and written: the node uses it to
-    hand the next batch to the workers (`prefetch`) while this one is written.
+    blocks are the same without one. `on_opened`, if set, is called in `apply` once the
+    batch's envelopes are handed to the workers: the node uses it to hand them the next batch
+    too (`prefetch`), queued behind this one, so that they keep busy while this block is
+    decided, signed and written.
     """
 
     def __init__(self, store: Store, chain_id: str, node_id: str, signer: Signer,
                  executor: Executor | None = None) -> None:
         self.store = store
         self.executor = executor
-        self.on_decided: Callable[[], None] | None = None
+        self.on_opened: Callable[[], None] | None = None
         self._next: _Opening | None = None
         self.chain_id = chain_id
         self.node_id = node_id
@@ -184,7 +185,8 @@ class Chain:
 
     def prefetch(self, messages: Sequence[Message], at_ms: int) -> None:
         """Start opening the envelopes of the batch that comes next (these messages, in this
-        order), so that the workers are busy with it while the current block is written.
+        order), so that the workers are busy with it while the current block is decided and
+        written.
 
         Whatever the next block turns out to be, its contents are those `apply` alone would
         give: the results are used only for the same messages, and a worker's signature check
@@ -277,6 +279,8 @@ class Chain:
         else:
             opening = self._open(batch.messages, view, time)
         rows, hints = opening.opened, opening.hints
+        if self.on_opened is not None:
+            self.on_opened()
         reading_leaves: dict[int, bytes] = {}  # leaf hashes the workers made, by position
 
         def refuse(msg: Message, raw: bytes, why: Rejected) -> None:
@@ -319,8 +323,6 @@ class Chain:
             result.accepted += 1
             result.touched.add(dev)
 
-        if self.on_decided is not None:
-            self.on_decided()
         # Contracts see the block's readings in log order, then its ledger time; the events
         # they emit are appended after everything else (ledger_node.world).
         events: list[tuple[int, ContractEvent]] = []

@@ -336,8 +336,9 @@ class LedgerNode:
         what ingest summarised. Valid batches never wait for more than one slice.
 
         Under load (the deadline passed, or a full block waiting), the next batch of the
-        device lanes is cut as soon as the current block's contents are decided, and handed
-        to the verification workers (Chain.prefetch) while that block is signed and written."""
+        device lanes is cut as soon as the current one is handed to the verification workers,
+        and handed to them too (Chain.prefetch), so that they never wait for the apply
+        thread to decide, sign and write a block."""
         # Under load the ingest queue holds tens of thousands of messages; with the default
         # thresholds the cyclic collector walks them again and again while they wait (about
         # a fifth of the process's own CPU time in a 60,000-reading burst). Collect less often.
@@ -389,11 +390,11 @@ class LedgerNode:
             elif batch.messages and self.consortium is not None:
                 self._apply_messages(batch)  # proposed; the consortium's applier applies
             elif batch.messages:
-                self.chain.on_decided = cut_ahead
+                self.chain.on_opened = cut_ahead
                 try:
                     self._apply_messages(batch)
                 finally:
-                    self.chain.on_decided = None
+                    self.chain.on_opened = None
             self._flush_shed()
         if ahead is not None:
             self._apply_messages(ahead)

@@ -65,7 +65,7 @@ def _run(tmp: Path, name: str, node: SoftwareSigner, admin: list[bytes],
          batches: list[OrderedBatch], executor: Executor | None, *,
          prefetch: bool = False) -> dict[str, Any]:
     """Apply the batches; with `prefetch`, as the node does under load: each batch's
-    messages are handed to the workers while the previous block is written."""
+    messages are handed to the workers while the previous block is applied."""
     store = Store(tmp / f"{name}.sqlite")
     chain = Chain(store, "main", "node-1", node, executor=executor)
     genesis = chain.apply(OrderedBatch(T, "node-1", tuple(admin), ()))
@@ -74,9 +74,9 @@ def _run(tmp: Path, name: str, node: SoftwareSigner, admin: list[bytes],
     for i, batch in enumerate(batches):
         if prefetch and i + 1 < len(batches):
             following = batches[i + 1]
-            chain.on_decided = lambda m=following.messages: chain.prefetch(m, T)
+            chain.on_opened = lambda m=following.messages: chain.prefetch(m, T)
         else:
-            chain.on_decided = None
+            chain.on_opened = None
         r = chain.apply(batch)
         results.append((r.accepted, r.duplicates, sorted(r.rejected.items()),
                         sorted(r.touched), r.header_bytes, r.block_hash))
