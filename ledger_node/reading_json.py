@@ -1,7 +1,7 @@
 """The `d` of a reading as the readings table stores it: `json.dumps(d, sort_keys=True)`.
 
 The verification workers make it beside everything else they open (ledger_node.validate), so
-that the node's busy thread does not; the store makes it itself for rows that come without it.
+that the node's busy thread does not.
 
 JSONEncoder.encode builds the C encoder again at every call; this builds it once, with the
 arguments json.dumps gives it (`markers` None: no cycle check, as a decoded CBOR map has no

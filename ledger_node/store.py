@@ -31,7 +31,6 @@ from ledger_node.errors import StoreError
 from ledger_node.merkle import CompactRange, leaf_hash
 from ledger_node.quarantine import SCHEMA as QUARANTINE_SCHEMA
 from ledger_node.quarantine import QuarantineBook, QuarantineLimits, Tally
-from ledger_node.reading_json import reading_json
 from ledger_node.subtrees import MIN_STORED_LEVEL, StoredNode, append_leaves
 from ledger_node.validate import DeviceState
 
@@ -123,8 +122,8 @@ class ReadingRow(NamedTuple):
     k: str
     d: dict[str, Any]
     flags: tuple[str, ...]
-    d_json: str | None = None
-    """`d` as stored (ledger_node.reading_json), if the caller has it already."""
+    d_json: str
+    """`d` as stored: ledger_node.reading_json (the verification workers make it)."""
 
 
 @dataclass(frozen=True)
@@ -345,8 +344,7 @@ class Store:
             c.executemany(
                 "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(r.idx, r.dev, r.seq, r.hash, r.t, r.ts, r.k,
-                  reading_json(r.d) if r.d_json is None else r.d_json,
-                  ",".join(r.flags) if r.flags else "", height, time) for r in block.readings])
+                  r.d_json, ",".join(r.flags), height, time) for r in block.readings])
             c.executemany(
                 f"INSERT OR REPLACE INTO devices ({', '.join(_DEVICE_COLUMNS)}) "
                 f"VALUES ({', '.join('?' for _ in _DEVICE_COLUMNS)})",

@@ -210,7 +210,7 @@ def open_chunk(items: Sequence[tuple[bytes, KeyHint | None]], max_envelope: int
 
 
 def open_envelopes(items: Sequence[tuple[bytes, KeyHint | None]],
-                   executor: Executor | None = None, *, max_envelope: int = 64 * 1024,
+                   executor: Executor | None = None, *, max_envelope: int = MAX_ENVELOPE,
                    chunk: int = 512, inline_below: int = 64) -> Iterator[OpenedRow]:
     """Open many envelopes and check the signatures the hints allow, in parallel chunks when
     given an executor (threads or processes: the work is a module-level function over bytes).
@@ -308,24 +308,17 @@ def clock_skewed(device_ms: int, ledger_ms: int | None) -> bool:
 
 def _flags(dev: str, seq: int, prev: bytes, t: int, state: DeviceState, lookup: SeqLookup,
            at_ms: int | None = None) -> tuple[str, ...]:
-    if seq == state.last_seq + 1 and state.last_hash is not None and at_ms is not None \
-            and abs(t - at_ms) <= MAX_CLOCK_SKEW_MS:
-        # the next reading of a device: the one test that matters is its link
-        return () if prev == state.last_hash else (FLAG_PREV_MISMATCH,)
-    flags: list[str] = []
-    if seq > state.last_seq + 1:
-        flags.append(FLAG_GAP)
-    elif seq <= state.last_seq:
-        flags.append(FLAG_LATE)
-    expected: bytes | None
-    if seq == 1:
-        expected = GENESIS_PREV
-    elif seq == state.last_seq + 1 and state.last_hash is not None:
-        expected = state.last_hash
+    """Gap, late, prev-mismatch and clock-skew flags, in that order. The common case, a
+    device's next reading, is settled against `state.last_hash` without a lookup."""
+    flags: tuple[str, ...]
+    if seq == state.last_seq + 1 and state.last_hash is not None:
+        flags = () if prev == state.last_hash else (FLAG_PREV_MISMATCH,)
     else:
-        expected = lookup(dev, seq - 1)
-    if expected is not None and expected != prev:
-        flags.append(FLAG_PREV_MISMATCH)
+        flags = (FLAG_GAP,) if seq > state.last_seq + 1 else \
+            (FLAG_LATE,) if seq <= state.last_seq else ()
+        expected = GENESIS_PREV if seq == 1 else lookup(dev, seq - 1)
+        if expected is not None and expected != prev:
+            flags += (FLAG_PREV_MISMATCH,)
     if clock_skewed(t, at_ms):
-        flags.append(FLAG_CLOCK_SKEW)
-    return tuple(flags)
+        flags += (FLAG_CLOCK_SKEW,)
+    return flags

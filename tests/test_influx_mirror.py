@@ -40,6 +40,7 @@ from ledger_node.influx_mirror import (
     retry_delay,
     write_split,
 )
+from ledger_node.reading_json import reading_json
 from ledger_node.store import BlockRecord, ReadingRow, Store
 from trustfleet.procs import free_port, stop_process, wait_for
 
@@ -140,7 +141,7 @@ class Ledger:
             entries.append(("reading", f"{dev}/{seq}".encode()))
             rows.append(ReadingRow(idx, dev, seq, hashlib.sha256(entries[-1][1]).digest(),
                                    t if t is not None else T0 + idx * 10, "gps", kind, values,
-                                   ()))
+                                   (), reading_json(values)))
         digest = hashlib.sha256(b"block %d" % self.height).digest()
         self.store.commit_block(BlockRecord(
             height=self.height, hash=digest, header=digest, time=LEDGER_T0 + self.height,
