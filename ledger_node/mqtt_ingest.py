@@ -11,15 +11,13 @@ the same interpreter lock as the apply thread.
 
 * `loop_read` reads what the socket has (64 KiB at a time) and frames every complete
   packet in it;
-* a PUBLISH of QoS 0 or 1 without v5 properties (what devices send) is parsed in that
-  loop and delivered directly. With the batch hook `on_messages` set, every such PUBLISH
-  of one read is delivered in one call, as (topic, payload) pairs in order, so that the
-  receiver does its bookkeeping (the node: one inbox lock) once per read rather than once
-  per message; a packet paho handles ends the batch first, so the order of all messages
-  is kept. Without the hook each becomes a ReceivedMessage (an MQTTMessage with its topic
-  decoded once and no MQTTMessageInfo made unless asked for) for `on_message`. Either way
-  the PUBACKs are queued after the callback returns, exactly when paho would send them,
-  and consecutive PUBACKs leave in one `send`;
+* with the batch hook `on_messages` set, every PUBLISH of QoS 0 or 1 without v5
+  properties (what devices send) is parsed in that loop, and those of one read are
+  delivered in one call, as (topic, payload) pairs in order, so that the receiver does its
+  bookkeeping (the node: one inbox lock) once per read rather than once per message; a
+  packet paho handles ends the batch first, so the order of all messages is kept. Their
+  PUBACKs are queued after the hook returns, exactly when paho would send them, and
+  consecutive PUBACKs leave in one `send`. Without the hook every PUBLISH is paho's;
 * every other packet (CONNACK, SUBACK, PUBACKs for our receipts, PINGRESP, QoS 2, a
   PUBLISH with properties or a topic that is not UTF-8, ...) is handed to paho's own
   handler, unchanged.
@@ -43,8 +41,6 @@ from paho.mqtt.client import (
     MQTT_LOG_DEBUG,
     MQTT_LOG_ERR,
     MQTTErrorCode,
-    MQTTMessage,
-    MQTTMessageInfo,
 )
 from paho.mqtt.client import time_func as _time_func
 from paho.mqtt.exception import MalformedPacket
@@ -58,45 +54,6 @@ one big-endian 32-bit word, this ORed with the message id."""
 
 MessagesHook = Callable[[list[tuple[str, bytes]]], None]
 """`IngestClient.on_messages`: the plain PUBLISHes of one read, as (topic, payload) in order."""
-
-
-_INFO_SLOT: Any = MQTTMessage.__dict__["info"]
-
-
-class ReceivedMessage(MQTTMessage):
-    """A PUBLISH as received on the fast path: an MQTTMessage whose topic is decoded once,
-    and whose `info` (an MQTTMessageInfo, with a threading.Condition, which only a message
-    being sent uses) is made only if asked for. Everything else is paho's."""
-
-    __slots__ = ("_text",)
-
-    def __init__(self, mid: int, topic: bytes, text: str, payload: bytes, qos: int,
-                 retain: bool, dup: bool, timestamp: float) -> None:
-        # MQTTMessage.__init__'s fields, set once each (no MQTTMessageInfo made here)
-        self.timestamp, self.state, self.dup, self.mid = timestamp, mqtt.mqtt_ms_invalid, dup, mid
-        self._topic, self._text, self.payload = topic, text, payload
-        self.qos, self.retain, self.properties = qos, retain, None
-
-    @property
-    def topic(self) -> str:
-        return self._text
-
-    @topic.setter
-    def topic(self, value: bytes) -> None:
-        self._topic, self._text = value, value.decode("utf-8")
-
-    @property
-    def info(self) -> MQTTMessageInfo:
-        try:
-            got: MQTTMessageInfo = _INFO_SLOT.__get__(self, MQTTMessage)
-        except AttributeError:
-            got = MQTTMessageInfo(self.mid)
-            _INFO_SLOT.__set__(self, got)
-        return got
-
-    @info.setter
-    def info(self, value: MQTTMessageInfo) -> None:
-        _INFO_SLOT.__set__(self, value)
 
 
 class IngestClient(mqtt.Client):
@@ -135,7 +92,8 @@ class IngestClient(mqtt.Client):
         buf = self._rbuf + data if self._rbuf else data
         pos, end = 0, len(buf)
         hook = self.on_messages
-        plain = not (self._filtered or self._manual_ack)  # else every PUBLISH is paho's
+        # without the hook, or with per-filter callbacks or manual acks, every PUBLISH is paho's
+        plain = hook is not None and not (self._filtered or self._manual_ack)
         props = int(self._protocol == mqtt.MQTTv5)  # a v5 PUBLISH has a property length
         batch: list[tuple[str, bytes]] = []  # for the hook, with the PUBACKs they are owed
         acks: list[int] = []
@@ -178,13 +136,9 @@ class IngestClient(mqtt.Client):
                         if text:
                             mid = buf[topic_end] << 8 | buf[topic_end + 1] if acked else 0
                             payload = buf[payload_at + props:pos]
-                            if hook is None:
-                                self._deliver_one(command, buf[start + 2:topic_end], text,
-                                                  payload, mid)
-                            else:
-                                batch.append((text, payload))
-                                if acked:
-                                    acks.append(PUBACK_WORD | mid)
+                            batch.append((text, payload))
+                            if acked:
+                                acks.append(PUBACK_WORD | mid)
                             continue
                 if batch:  # delivered before the packet paho handles, to keep the order
                     pos = head  # (if the hook raises, that packet waits for the next read)
@@ -218,39 +172,21 @@ class IngestClient(mqtt.Client):
                                "remaining_mult": 1, "remaining_length": 0,
                                "packet": bytearray(b""), "to_process": 0, "pos": 0}
 
-    def _deliver_one(self, command: int, topic: bytes, text: str, payload: bytes,
-                     mid: int) -> None:
-        """One plain PUBLISH to `on_message` (no batch hook set), then its PUBACK queued."""
-        qos = (command >> 1) & 3
-        message = ReceivedMessage(mid, topic, text, payload, qos, bool(command & 1),
-                                  bool(command & 8), _time_func())
-        with self._callback_mutex:
-            on_message = self.on_message
-        if on_message:
-            with self._in_callback_mutex:
-                try:
-                    on_message(self, self._userdata, message)
-                except Exception as err:
-                    self._easy_log(MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
-                    if not self.suppress_exceptions:
-                        raise
-        if qos:  # acknowledged once the callback has it, as paho does
-            self._queue_pubacks((PUBACK_WORD | mid).to_bytes(4, "big"))
-
     def _deliver(self, hook: MessagesHook | None, batch: list[tuple[str, bytes]],
                  acks: list[int]) -> None:
         """One batch to the hook, then its PUBACKs queued (acknowledged once the hook has the
         messages, as paho acknowledges after on_message). An exception from the hook is
         logged and, unless suppress_exceptions, raised, as paho does for on_message; the
         batch then gets no PUBACKs, so the broker sends its QoS 1 messages again."""
-        if hook is not None:
-            with self._in_callback_mutex:
-                try:
-                    hook(batch)
-                except Exception as err:
-                    self._easy_log(MQTT_LOG_ERR, "Caught exception in on_messages: %s", err)
-                    if not self.suppress_exceptions:
-                        raise
+        if hook is None:  # not reached: loop_read collects a batch only for a hook
+            return
+        with self._in_callback_mutex:
+            try:
+                hook(batch)
+            except Exception as err:
+                self._easy_log(MQTT_LOG_ERR, "Caught exception in on_messages: %s", err)
+                if not self.suppress_exceptions:
+                    raise
         if acks:
             self._queue_pubacks(struct.pack(f">{len(acks)}I", *acks))
 

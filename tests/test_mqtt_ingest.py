@@ -1,7 +1,7 @@
 """The node's MQTT client (ledger_node.mqtt_ingest.IngestClient) against a real broker: every
 message arrives once, in order, byte-exact, whatever its size or QoS, with or without MQTT v5
-properties, per message or with the batch hook `on_messages`; and every QoS 1 message is
-acknowledged (a resumed session gets nothing again), unless the batch hook raised on it
+properties, with the batch hook `on_messages` or without it (paho's handler); and every QoS 1
+message is acknowledged (a resumed session gets nothing again), unless the batch hook raised on it
 (then the broker sends it again). tests/test_ingest_wire.py checks the packets a broker
 sends but rarely, on a fake socket."""
 
