@@ -289,21 +289,17 @@ class Evaluator:
                  events: list[ContractEvent]) -> None:
         if s is None:
             return
-        epc = fact.d.get("epc")
-        if not isinstance(epc, str):
-            raise Fault(FAULT_MISSING_FIELD, "the rfid reading has no epc")
+        epc = _epc(fact)
         org = slot.readers.get(fact.dev)
         if org is None or epc not in self._unit_set(s):
             return
         last_t, current = self._custodian.get(s.id, (-(2**63), s.custodian))
         if org == current or fact.t < last_t:
             return                            # no change, or older than the last transfer
-        rule = slot.rule
-        if rule.when is not None and not rule.when.evaluate(
-                self._activation(slot, fact, s, None)):
+        if not self._when_holds(slot, fact, s):
             return
         self._custodian[s.id] = (fact.t, org)
-        data: dict[str, Any] = {"rule": rule.id, "epc": epc, "from": current, "to": org,
+        data: dict[str, Any] = {"rule": slot.rule.id, "epc": epc, "from": current, "to": org,
                                 "reader": fact.dev}
         self._emit(slot, s, fact.dev, fact.t, (fact.idx,), 1, data, events)
 
@@ -314,9 +310,7 @@ class Evaluator:
         lists them) unloads it. A scan older than the unit's last move changes nothing."""
         if s is None:
             return
-        epc = fact.d.get("epc")
-        if not isinstance(epc, str):
-            raise Fault(FAULT_MISSING_FIELD, "the rfid reading has no epc")
+        epc = _epc(fact)
         if epc not in self._unit_set(s):
             return
         on_truck = any(o is s for o in self._own)
@@ -328,15 +322,13 @@ class Evaluator:
         last_t, loaded = moved.get(epc) or s.unit_last.get(epc, (-(2**63), False))
         if on_truck == loaded or fact.t < last_t:
             return                            # already there, or older than its last move
-        rule = slot.rule
-        if rule.when is not None and not rule.when.evaluate(
-                self._activation(slot, fact, s, None)):
+        if not self._when_holds(slot, fact, s):
             return
         moved[epc] = (fact.t, on_truck)
-        data: dict[str, Any] = {"rule": rule.id, "epc": epc, "reader": fact.dev}
+        data: dict[str, Any] = {"rule": slot.rule.id, "epc": epc, "reader": fact.dev}
         events.append(ContractEvent(slot.name, slot.version,
                                     UNIT_LOADED if on_truck else UNIT_UNLOADED, s.id, fact.dev,
-                                    fact.t, (fact.idx,), None, data, rule.notify))
+                                    fact.t, (fact.idx,), None, data, slot.rule.notify))
 
     # -- caches ------------------------------------------------------------------------------
     def _position(self, fact: ReadingFact) -> tuple[float, float]:
@@ -396,6 +388,11 @@ class Evaluator:
              "geofences": sorted(s.geofences), "contracts": list(s.contracts)}
         self._ship_maps[s.id] = (s.rev, m)
         return m
+
+    def _when_holds(self, slot: Slot, fact: ReadingFact, s: Shipment | None) -> bool:
+        """The rule's `when` condition (true if it has none) for a reading without a window."""
+        when = slot.rule.when
+        return when is None or bool(when.evaluate(self._activation(slot, fact, s, None)))
 
     def _activation(self, slot: Slot, fact: ReadingFact, s: Shipment | None,
                     window: dict[str, Any] | None) -> dict[str, Any]:
@@ -468,3 +465,11 @@ class Evaluator:
                                     s.id if s is not None else None, dev, at, cause, None,
                                     {"rule": slot.rule.id, "kind": kind,
                                      "message": message[:200]}, ()))
+
+
+def _epc(fact: ReadingFact) -> str:
+    """The EPC an RFID reading scanned (custody and units rules)."""
+    epc = fact.d.get("epc")
+    if not isinstance(epc, str):
+        raise Fault(FAULT_MISSING_FIELD, "the rfid reading has no epc")
+    return epc
