@@ -169,7 +169,9 @@ def serve(cfg: object, signer: Pkcs11Signer, hooks: Mapping[str, Any] | None = N
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("received %s: finishing the current block and stopping",
                  signal.Signals(signum).name)
-        node.stop_event.set()
+        node.stop_event.set()  # at once: run() checks it between blocks
+        # ... and the wait for a block deadline is woken, off this handler (node.request_stop)
+        threading.Thread(target=node.request_stop, name="stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -104,6 +104,7 @@ class FairInbox:
         self.shed: dict[str | None, list[int]] = {}  # dev -> [count, bytes, first, last]
         self.shed_total = 0
         self.closed = False
+        self.interrupted = False
         # What a waiting apply thread wants to be woken for (wait()); put() notifies only
         # then, rather than on every message.
         self._wake_good: int | None = None
@@ -196,12 +197,13 @@ class FairInbox:
 
     # -- the apply thread -----------------------------------------------------------------
     def wait(self, deadline: float, want_good: int, *, wake_on_suspect: bool) -> None:
-        """Until `deadline`, `want_good` device-lane messages are queued, or (if
-        `wake_on_suspect`) suspect input is waiting."""
+        """Until `deadline`, `want_good` device-lane messages are queued, (if
+        `wake_on_suspect`) suspect input is waiting, or `interrupt` was called."""
         with self.lock:
             while (self.good_count < want_good
                    and not (wake_on_suspect and self.suspect_count)
-                   and not self.closed and (left := deadline - time.monotonic()) > 0):
+                   and not self.closed and not self.interrupted
+                   and (left := deadline - time.monotonic()) > 0):
                 self._wake_good, self._wake_suspect = want_good, wake_on_suspect
                 self.changed.wait(left)
             self._wake_good, self._wake_suspect = None, False
@@ -286,6 +288,12 @@ class FairInbox:
         with self.lock:
             shed, self.shed = self.shed, {}
         return [Tally(OVERLOAD, dev, v[0], v[1], v[2], v[3]) for dev, v in shed.items()]
+
+    def interrupt(self) -> None:
+        """End `wait` now and from now on (the node is stopping); the queues still work."""
+        with self.lock:
+            self.interrupted = True
+            self.changed.notify_all()
 
     def close(self) -> None:
         with self.lock:

@@ -143,6 +143,8 @@ reads it without building objects):
   opened again in the rare case the apply thread picks another key: `reopen`)."""
 
 ROW_FIELDS: Final = 15
+OPEN_CHUNK: Final = 512
+"""Envelopes per chunk handed to one verification worker (`open_envelopes`)."""
 MAX_ENVELOPE: Final = 64 * 1024
 """Largest envelope the chain opens (bytes)."""
 
@@ -222,7 +224,7 @@ def open_chunk_packed(items: Sequence[tuple[bytes, KeyHint | None]], max_envelop
 
 def open_envelopes(items: Sequence[tuple[bytes, KeyHint | None]],
                    executor: Executor | None = None, *, max_envelope: int = MAX_ENVELOPE,
-                   chunk: int = 512, inline_below: int = 64) -> Iterator[OpenedRow]:
+                   chunk: int = OPEN_CHUNK, inline_below: int = 64) -> Iterator[OpenedRow]:
     """Open many envelopes and check the signatures the hints allow, in parallel chunks when
     given an executor (threads or processes: the work is a module-level function over bytes).
     The chunks are handed to the executor at once; the iterator returned yields the results
