@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ledger_node.bench import interleave, presign, receipts
-from ledger_node.bench_rig import RawPublisher, running_node
+from ledger_node.bench_rig import RawPublisher, RunningNode, running_node
 from ledger_node.node import burst_cut
 from ledger_node.validate import OPEN_CHUNK
+from trustfleet.procs import wait_for
 from trustfleet.topics import up_topic
 
 FLEET = "bench"
@@ -27,14 +29,18 @@ def test_the_burst_threshold_is_a_chunk_per_worker_and_never_more_than_a_block()
     assert burst_cut(10_000, 0) == 10_000  # no workers: only a full block (or the deadline)
 
 
-def _status_when(node, done, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        status = node.get("/v1/node/status")
-        if done(status):
-            return status
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {status}"
-        time.sleep(0.05)
+def _status_when(node: RunningNode, done: Callable[[dict[str, Any]], bool], what: str
+                 ) -> dict[str, Any]:
+    """The node's status once `done` holds for it (trustfleet.procs.wait_for: 30 s, and a
+    node that died says so with its log)."""
+    status: dict[str, Any] = {}
+
+    def check() -> bool:
+        status.update(node.get("/v1/node/status"))
+        return done(status)
+
+    wait_for(check, 30, what, interval=0.05, proc=node.proc, log_file=node.log)
+    return status
 
 
 def test_a_burst_is_cut_before_the_deadline_and_fewer_readings_wait_for_it(
@@ -72,9 +78,7 @@ def test_a_burst_is_cut_before_the_deadline_and_fewer_readings_wait_for_it(
             assert done["height"] == start["height"] + 1
             assert done["accepted"] + done["queue"] == len(below) + len(rest)
             # The devices were told: receipts cover the committed readings, in order.
-            deadline = time.monotonic() + 30
-            while lat.total() < done["accepted"] and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for(lambda: lat.total() >= done["accepted"], 30, "receipts", interval=0.05)
             assert lat.total() == done["accepted"]
 
             # SIGTERM while the node waits out its minute: it stops at once, cleanly, and
