@@ -169,8 +169,8 @@ def serve(cfg: object, signer: Pkcs11Signer, hooks: Mapping[str, Any] | None = N
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("received %s: finishing the current block and stopping",
                  signal.Signals(signum).name)
-        node.stop_event.set()  # at once: run() checks it between blocks
-        # ... and the wait for a block deadline is woken, off this handler (node.request_stop)
+        # off this handler: request_stop takes the inbox lock, which the code this handler
+        # interrupted may hold
         threading.Thread(target=node.request_stop, name="stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
