@@ -23,6 +23,12 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "trustfleet.cli", *args]
 
 
+def run_verify(db: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`trustfleet verify` on the node data folder holding the store `db`."""
+    return subprocess.run(cli("verify", "--data", str(db.parent), *extra), capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
 def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as fh:

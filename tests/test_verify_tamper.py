@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.chainkit import ChainUnderTest, Device
-from tests.fleet import cli
+from tests.fleet import run_verify
 
 
 def build(tmp_path: Path) -> Path:
@@ -22,11 +21,6 @@ def build(tmp_path: Path) -> Path:
         tc.apply([a.message(a.reading()), b.message(b.reading()), a.message(a.reading())])
     tc.store.close()
     return db
-
-
-def run_verify(db: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli("verify", "--data", str(db.parent), *extra), capture_output=True,
-                          text=True, timeout=60, check=False)
 
 
 def test_verify_passes_on_an_untouched_store_and_reports_what_it_checked(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ and reports per-device gaps and broken prev links. Real CLI, real SQLite."""
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from ledger_node.merkle import RangeHasher, leaf_hash
 from ledger_node.subtrees import MIN_STORED_LEVEL
 from ledger_node.verify import verify_store
 from tests.chainkit import ChainUnderTest, Device
-from tests.fleet import cli
+from tests.fleet import run_verify
 
 
 def build(tmp_path: Path) -> Path:
@@ -33,11 +32,6 @@ def build(tmp_path: Path) -> Path:
         tc.apply([a.message(first), b.message(second), a.message(a.reading())])
     tc.store.close()
     return db
-
-
-def run_verify(db: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli("verify", "--data", str(db.parent)), capture_output=True,
-                          text=True, timeout=60, check=False)
 
 
 def test_an_honest_store_passes_with_index_counts_and_the_per_device_report(
