@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from ledger_node.errors import StoreError
 from ledger_node.merkle import CompactRange, leaf_hash
@@ -110,20 +109,11 @@ class Tip:
     frontier: bytes
 
 
-class ReadingRow(NamedTuple):
-    """A `readings` row as the block writes it (a NamedTuple: one per reading, cheap)."""
-
-    idx: int
-    dev: str
-    seq: int
-    hash: bytes
-    t: int
-    ts: str
-    k: str
-    d: dict[str, Any]
-    flags: tuple[str, ...]
-    d_json: str
-    """`d` as stored: ledger_node.reading_json (the verification workers make it)."""
+ReadingRow = tuple[int, str, int, bytes, int, str, str, str, str, int, int]
+"""A `readings` row as the block writes it, in column order: (idx, dev, seq, hash, t, ts, k,
+d, flags, height, ledger_time), with `d` as stored (ledger_node.reading_json, made by the
+verification workers) and the flags comma-separated. A plain tuple: the apply thread makes one
+per reading, and the store writes them as they come."""
 
 
 @dataclass(frozen=True)
@@ -341,10 +331,8 @@ class Store:
                            for i, (kind, data) in enumerate(block.entries)])
             c.executemany("INSERT INTO merkle_nodes VALUES (?, ?, ?)", block.nodes)
             height, time = block.height, block.time
-            c.executemany(
-                "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.idx, r.dev, r.seq, r.hash, r.t, r.ts, r.k,
-                  r.d_json, ",".join(r.flags), height, time) for r in block.readings])
+            c.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          block.readings)
             c.executemany(
                 f"INSERT OR REPLACE INTO devices ({', '.join(_DEVICE_COLUMNS)}) "
                 f"VALUES ({', '.join('?' for _ in _DEVICE_COLUMNS)})",

@@ -19,15 +19,10 @@ from ledger_node import entries as entry_types
 from ledger_node.admin import ADMIN_TYPES, AdminRejected, decode_operator_entry, is_operator_entry
 from ledger_node.contracts import ContractEvent, ReadingFact
 from ledger_node.errors import TamperError
-from ledger_node.store import ReadingRow, Store
+from ledger_node.store import Store
 from ledger_node.world import AUDIT, CONTRACT_EVENT, World, event_entry
 
 Progress = Callable[[int, int], None]
-
-
-def reading_fact(row: ReadingRow, ledger_time: int) -> ReadingFact:
-    return ReadingFact(idx=row.idx, dev=row.dev, seq=row.seq, t=row.t, k=row.k, d=row.d,
-                       ledger_time=ledger_time)
 
 
 def replay_world(store: Store, ca_cert: bytes | None,

@@ -159,7 +159,7 @@ class ShipmentStore:
     def insert_shipment(self, sid: str, state: str, parties: list[tuple[str, str]],
                         devices: list[tuple[str, int, int | None]], entries: list[int],
                         height: int = 0) -> None:
-        doc = {"id": sid, "state": state,
+        doc: dict[str, Any] = {"id": sid, "state": state,
                "parties": [{"org": o, "role": r} for o, r in parties],
                "units": ["urn:epc:id:sscc:0614141.1234567890"],
                "assignments": [{"dev": d, "start": s, "end": e} for d, s, e in devices],

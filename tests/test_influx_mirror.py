@@ -6,7 +6,7 @@ write API (`/api/v2/write`, line protocol) and reads back through `/api/v1/expor
 measurement `reading` with field `c` becomes the series `reading_c`, tags become labels. It is
 started by each test on a free loopback port in a temporary folder.
 
-The store is a real ledger Store with real ReadingRows, written block by block by the test
+The store is a real ledger Store with real `readings` rows, written block by block by the test
 (the mirror reads only the `readings` and `blocks` tables, so block hashes and entries are
 stand-ins here; the chain's own tests cover them).
 """
@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -118,8 +118,18 @@ def victoria(tmp_path: Path) -> Iterator[Victoria]:
 
 # -- a real store, written block by block --------------------------------------------------
 
+class Written(NamedTuple):
+    """What the test keeps of a reading it committed."""
+
+    idx: int
+    dev: str
+    seq: int
+    t: int
+    d: dict[str, Any]
+
+
 class Ledger:
-    """Blocks of real ReadingRows committed through the ledger's Store (one writer)."""
+    """Blocks of real readings rows committed through the ledger's Store (one writer)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -130,27 +140,30 @@ class Ledger:
         self.commit([], genesis=True)
 
     def commit(self, readings: list[tuple[str, str, dict[str, Any]]], *, genesis: bool = False,
-               t: int | None = None) -> list[ReadingRow]:
-        """One block of readings (device, kind, values); returns the rows written."""
+               t: int | None = None) -> list[Written]:
+        """One block of readings (device, kind, values); returns what was written."""
         self.height += 1
         rows: list[ReadingRow] = []
+        written: list[Written] = []
         entries: list[tuple[str, bytes]] = [("genesis", b"genesis")] if genesis else []
         for dev, kind, values in readings:
             seq = self.seqs[dev] = self.seqs.get(dev, 0) + 1
             idx = self.size + len(entries)
             entries.append(("reading", f"{dev}/{seq}".encode()))
-            rows.append(ReadingRow(idx, dev, seq, hashlib.sha256(entries[-1][1]).digest(),
-                                   t if t is not None else T0 + idx * 10, "gps", kind, values,
-                                   (), reading_json(values)))
+            device_t = t if t is not None else T0 + idx * 10
+            rows.append((idx, dev, seq, hashlib.sha256(entries[-1][1]).digest(), device_t,
+                         "gps", kind, reading_json(values), "", self.height,
+                         LEDGER_T0 + self.height))
+            written.append(Written(idx, dev, seq, device_t, values))
         digest = hashlib.sha256(b"block %d" % self.height).digest()
         self.store.commit_block(BlockRecord(
             height=self.height, hash=digest, header=digest, time=LEDGER_T0 + self.height,
             first=self.size, count=len(entries), size=self.size + len(entries),
             frontier=b"", sigs=(), entries=entries, readings=rows, devices=(), quarantine=()))
         self.size += len(entries)
-        return rows
+        return written
 
-    def temps(self, n: int, devices: tuple[str, ...] = ("truck-a", "truck-b")) -> list[ReadingRow]:
+    def temps(self, n: int, devices: tuple[str, ...] = ("truck-a", "truck-b")) -> list[Written]:
         return self.commit([(devices[i % len(devices)], "temp",
                              {"c": round(4.0 + (self.size + i) / 100, 2),
                               "probe": "28-000000000001"}) for i in range(n)])
@@ -342,7 +355,7 @@ def test_with_the_server_down_commits_go_on_the_lag_grows_and_it_catches_up_with
 def test_a_server_stopped_mid_stream_and_restarted_loses_nothing_and_duplicates_nothing(
         ledger: Ledger, victoria: Victoria) -> None:
     victoria.start()
-    rows: list[ReadingRow] = []
+    rows: list[Written] = []
     enough = threading.Event()
 
     def commit_blocks() -> None:  # the node's apply thread, as far as the store is concerned

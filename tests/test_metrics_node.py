@@ -100,8 +100,9 @@ def test_metrics_follow_a_real_nodes_status_as_readings_arrive(
 def store_with_readings(path: Path, n: int) -> Store:
     store = Store(path)
     entries = [("genesis", b"g")] + [("reading", b"r%d" % i) for i in range(n)]
-    rows = [ReadingRow(i, "truck-a", i, hashlib.sha256(b"%d" % i).digest(), 1_763_700_000_000 + i,
-                       "gps", "temp", {"c": 4.0}, (), '{"c": 4.0}') for i in range(1, n + 1)]
+    rows: list[ReadingRow] = [
+        (i, "truck-a", i, hashlib.sha256(b"%d" % i).digest(), 1_763_700_000_000 + i, "gps",
+         "temp", '{"c": 4.0}', "", 0, 1_763_700_000_000) for i in range(1, n + 1)]
     store.commit_block(BlockRecord(
         height=0, hash=b"h" * 32, header=b"hdr", time=1_763_700_000_000, first=0,
         count=len(entries), size=len(entries), frontier=b"", sigs=(), entries=entries,
