@@ -141,17 +141,18 @@ class Chain:
     """The chain state of one node and the rule that extends it.
 
     `executor`: where envelopes are opened and signatures checked (validate.open_envelopes);
-    blocks are the same without one. `on_opened`, if set, is called in `apply` once the
-    batch's envelopes are handed to the workers: the node uses it to hand them the next batch
-    too (`prefetch`), queued behind this one, so that they keep busy while this block is
-    decided, signed and written.
+    blocks are the same without one. `may_prefetch`, if set, is called in `apply` when the
+    next batch may be handed to the workers (`prefetch`): once this batch's envelopes are
+    handed to them, so that the next is queued behind it, and again once all of them are
+    opened, in case the next batch was not ready then, so that the workers keep busy while
+    this block is signed and written. The node uses it to cut its next batch ahead.
     """
 
     def __init__(self, store: Store, chain_id: str, node_id: str, signer: Signer,
                  executor: Executor | None = None) -> None:
         self.store = store
         self.executor = executor
-        self.on_opened: Callable[[], None] | None = None
+        self.may_prefetch: Callable[[], None] | None = None
         self._next: _Opening | None = None
         self.chain_id = chain_id
         self.node_id = node_id
@@ -281,8 +282,8 @@ class Chain:
         else:
             opening = self._open(batch.messages, view, time)
         rows, hints = opening.opened, opening.hints
-        if self.on_opened is not None:
-            self.on_opened()
+        if self.may_prefetch is not None:
+            self.may_prefetch()
         reading_leaves: dict[int, bytes] = {}  # leaf hashes the workers made, by position
 
         def refuse(msg: Message, raw: bytes, why: Rejected) -> None:
@@ -351,6 +352,9 @@ class Chain:
                 facts.append(ReadingFact(idx, dev, seq, t, k, d, time))
             result.accepted += 1
             result.touched.add(dev)
+
+        if self.may_prefetch is not None:  # the workers are done with this batch
+            self.may_prefetch()
 
         # Contracts see the block's readings in log order, then its ledger time; the events
         # they emit are appended after everything else (ledger_node.world).

@@ -354,8 +354,9 @@ class LedgerNode:
 
         Under load (the deadline passed, or a full block waiting), the next batch of the
         device lanes is cut as soon as the current one is handed to the verification workers,
-        and handed to them too (Chain.prefetch), so that they never wait for the apply
-        thread to decide, sign and write a block."""
+        or else as soon as they have opened it all, and handed to them too (Chain.prefetch,
+        Chain.may_prefetch), so that they do not wait for the apply thread to decide, sign
+        and write a block."""
         # Under load the ingest queue holds tens of thousands of messages, and a block being
         # applied tens of thousands of rows; a young-generation collection walks every one of
         # them that is alive when it runs. With the default thresholds that was about a fifth
@@ -413,11 +414,11 @@ class LedgerNode:
             elif batch.messages and self.consortium is not None:
                 self._apply_messages(batch)  # proposed; the consortium's applier applies
             elif batch.messages:
-                self.chain.on_opened = cut_ahead
+                self.chain.may_prefetch = cut_ahead
                 try:
                     self._apply_messages(batch)
                 finally:
-                    self.chain.on_opened = None
+                    self.chain.may_prefetch = None
             self._flush_shed()
         if ahead is not None:
             self._apply_messages(ahead)

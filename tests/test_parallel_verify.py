@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -63,8 +63,9 @@ def _dump(db: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 def _run(tmp: Path, name: str, node: SoftwareSigner, admin: list[bytes],
          batches: list[OrderedBatch], executor: Executor | None, *,
-         prefetch: bool = False) -> dict[str, Any]:
-    """Apply the batches; with `prefetch`, as the node does under load: each batch's
+         prefetch: int = 0) -> dict[str, Any]:
+    """Apply the batches; with `prefetch` (1 or 2: at the first or the second time `apply`
+    says it may), as the node does under load: each batch's
     messages are handed to the workers while the previous block is applied."""
     store = Store(tmp / f"{name}.sqlite")
     chain = Chain(store, "main", "node-1", node, executor=executor)
@@ -74,14 +75,28 @@ def _run(tmp: Path, name: str, node: SoftwareSigner, admin: list[bytes],
     for i, batch in enumerate(batches):
         if prefetch and i + 1 < len(batches):
             following = batches[i + 1]
-            chain.on_opened = lambda m=following.messages: chain.prefetch(m, T)
+            chain.may_prefetch = _on_call(prefetch, lambda m=following.messages:
+                                          chain.prefetch(m, T))
         else:
-            chain.on_opened = None
+            chain.may_prefetch = None
         r = chain.apply(batch)
         results.append((r.accepted, r.duplicates, sorted(r.rejected.items()),
                         sorted(r.touched), r.header_bytes, r.block_hash))
     store.close()
     return {"results": results, "tables": _dump(tmp / f"{name}.sqlite")}
+
+
+def _on_call(n: int, action: Callable[[], None]) -> Callable[[], None]:
+    """`action` the n-th time it is called, and only then (the node cuts one batch ahead)."""
+    calls = 0
+
+    def call() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            action()
+
+    return call
 
 
 Inputs = tuple[SoftwareSigner, list[bytes], list[OrderedBatch], dict[str, KeyHint]]
@@ -149,7 +164,9 @@ def test_blocks_are_byte_identical_with_and_without_verification_workers(
         processes = _run(tmp_path, "processes", node, admin, batches, pool)
         # Opened ahead, while the block before is written: from the state before that
         # block (batch three's revocation comes after its messages were handed out).
-        ahead = _run(tmp_path, "ahead", node, admin, batches, pool, prefetch=True)
+        ahead = _run(tmp_path, "ahead", node, admin, batches, pool, prefetch=1)
+        # ... or once the workers have opened the block before, while it is written
+        later = _run(tmp_path, "later", node, admin, batches, pool, prefetch=2)
     finally:
         pool.shutdown()
     # the batches exercise what they should
@@ -164,6 +181,7 @@ def test_blocks_are_byte_identical_with_and_without_verification_workers(
     assert threaded == inline
     assert processes == inline
     assert ahead == inline
+    assert later == inline
     assert "verification workers failed" not in caplog.text  # they did the work
 
 
