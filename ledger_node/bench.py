@@ -8,8 +8,11 @@ and runs two phases through them:
     readings committed per second (commit as seen by the device, i.e. when the receipt
     covering the reading arrives) and the ratio to this machine's raw P-256 verification
     rate, measured in the same run on one core and on all cores (threads and processes;
-    the faster counts). It also prints the CPU time the node, the broker and the publishing
-    process used, since all three share this machine's cores;
+    the faster counts). The phase is run 3 times (--runs, one after the other on the same
+    node, each with new readings), each run against the 2-core rate measured just before
+    it (the machine's speed drifts); the median of those ratios is the figure. It also
+    prints the CPU time the node, the broker and the publishing process used in the best
+    run, since all three share this machine's cores;
   * steady: readings published at a fixed rate (5,000/s by default, in small slices every
     2 ms, not a burst); prints publish-to-commit latency p50 and p99.
 
@@ -46,6 +49,7 @@ from ledger_node.bench_rig import (
     CpuClock,
     Latencies,
     RawPublisher,
+    RunningNode,
     Steady,
     client,
     percentile,
@@ -112,36 +116,42 @@ def presign_batched(dev: str, signer: SoftwareSigner, per_device: int, batch: in
 
 @dataclass(frozen=True)
 class Workload:
-    """The readings a bench run signs ahead: `per_device` for each device's burst, then
-    `steady_per_device` for the steady phase; `batch` > 1: batch signing."""
+    """The readings a bench run signs ahead: `per_device` for each device's burst (`runs`
+    bursts, one after the other), then `steady_per_device` for the steady phase; `batch` > 1:
+    batch signing."""
 
     devices: int
     per_device: int
     steady_per_device: int
     batch: int
+    runs: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Workload:
-        """From --devices, --readings, --steady-rate, --steady-seconds and --batch."""
+        """From --devices, --readings, --steady-rate, --steady-seconds, --batch and (if the
+        bench has it) --runs."""
         return cls(devices=args.devices, per_device=max(1, args.readings // args.devices),
                    steady_per_device=int(args.steady_rate * args.steady_seconds)
-                   // args.devices, batch=args.batch)
+                   // args.devices, batch=args.batch, runs=getattr(args, "runs", 1))
 
     @property
     def total(self) -> int:
         """Readings in the burst, all devices together."""
         return self.per_device * self.devices
 
-    def presign(self, prog: str) -> tuple[dict[str, bytes], Chain, Chain]:
-        """Device keys, the burst's readings and the steady phase's, devices interleaved;
+    def presign(self, prog: str) -> tuple[dict[str, bytes], list[Chain], Chain]:
+        """Device keys, each burst's readings and the steady phase's, devices interleaved;
         says so first on stdout as `prog`."""
         how = f"in batches of {self.batch}" if self.batch > 1 else "one signature each"
-        print(f"{prog}: pre-signing {self.total} + {self.steady_per_device * self.devices} "
-              f"readings for {self.devices} devices ({how})...", flush=True)
-        keys, chains = presign(self.devices, self.per_device + self.steady_per_device,
-                               self.batch)
-        return (keys, interleave(chains, 0, self.per_device),
-                interleave(chains, self.per_device, self.per_device + self.steady_per_device))
+        runs = f"{self.runs} x " if self.runs > 1 else ""
+        print(f"{prog}: pre-signing {runs}{self.total} + "
+              f"{self.steady_per_device * self.devices} readings for {self.devices} devices "
+              f"({how})...", flush=True)
+        bursts_end = self.per_device * self.runs
+        keys, chains = presign(self.devices, bursts_end + self.steady_per_device, self.batch)
+        return (keys, [interleave(chains, i * self.per_device, (i + 1) * self.per_device)
+                       for i in range(self.runs)],
+                interleave(chains, bursts_end, bursts_end + self.steady_per_device))
 
 
 def add_batch_argument(ap: argparse.ArgumentParser) -> None:
@@ -183,19 +193,22 @@ def _verify_loop(seconds: float) -> tuple[int, float]:
 
 
 # Each raw rate is the best of a few short runs: on a shared (virtual) machine a single run
-# can catch a slow moment, and a low yardstick would flatter the ratio.
+# can catch a slow moment, and a low yardstick would flatter the ratio. The machine's speed
+# also drifts over a bench (by a fifth on the shared machines this was written on), so each
+# throughput run (--runs) is set against the 2-core rate measured just before it, and the
+# median of those ratios is the figure.
 RAW_RUNS, RAW_SECONDS = 3, 1.0
 
 
-def raw_verify_rate(seconds: float = RAW_SECONDS, runs: int = RAW_RUNS) -> float:
-    """Raw P-256 verifications per second on one core."""
-    return max(n / took for n, took in (_verify_loop(seconds) for _ in range(runs)))
+def raw_verify_rate(seconds: float = RAW_SECONDS, runs: int = RAW_RUNS) -> list[float]:
+    """Raw P-256 verifications per second on one core, in each of `runs` runs."""
+    return [n / took for n, took in (_verify_loop(seconds) for _ in range(runs))]
 
 
 def raw_verify_rate_threads(workers: int, seconds: float = RAW_SECONDS,
-                            runs: int = RAW_RUNS) -> float:
+                            runs: int = RAW_RUNS) -> list[float]:
     """The same on `workers` threads (cryptography releases the GIL while it verifies)."""
-    best = 0.0
+    rates = []
     for _ in range(runs):
         counts = [0] * workers
 
@@ -208,21 +221,83 @@ def raw_verify_rate_threads(workers: int, seconds: float = RAW_SECONDS,
             t.start()
         for t in threads:
             t.join()
-        best = max(best, sum(counts) / (time.perf_counter() - start))
-    return best
+        rates.append(sum(counts) / (time.perf_counter() - start))
+    return rates
 
 
 def raw_verify_rate_processes(workers: int, seconds: float = RAW_SECONDS,
-                              runs: int = RAW_RUNS) -> float:
+                              runs: int = RAW_RUNS) -> list[float]:
     """The same in `workers` processes (no shared interpreter at all)."""
-    best = 0.0
+    rates = []
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_verify_loop, [0.05] * workers))  # started and warm
         for _ in range(runs):
             start = time.perf_counter()
             counts = [n for n, _ in pool.map(_verify_loop, [seconds] * workers)]
-            best = max(best, sum(counts) / (time.perf_counter() - start))
-    return best
+            rates.append(sum(counts) / (time.perf_counter() - start))
+    return rates
+
+
+@dataclass(frozen=True)
+class BurstRun:
+    """One throughput run: its readings published at once and followed to their receipts."""
+
+    committed: int
+    elapsed: float
+    """first publish to the last receipt (s)"""
+    published: float
+    """first publish to the broker's last PUBACK (s)"""
+    latencies: list[float]
+    node_cpu: float
+    """CPU seconds of the node and its verification workers"""
+    node_main: float
+    """... of the node's own process"""
+    broker_cpu: float
+    bench_cpu: float
+    """... of this process (publisher and receipt follower)"""
+    threads: list[float]
+    """CPU seconds of the node's busiest threads"""
+
+    @property
+    def rate(self) -> float:
+        return self.committed / self.elapsed
+
+    def idle(self, cores: int) -> float:
+        used = self.node_cpu + self.broker_cpu + self.bench_cpu
+        return max(0.0, 1 - used / (self.elapsed * cores))
+
+
+def run_burst(node: RunningNode, pub: RawPublisher, lat: Latencies, packets: list[bytes],
+              burst: Chain, before: int, timeout: float) -> BurstRun | None:
+    """Publish `packets` (the readings of `burst`) at once and wait for their receipts;
+    `before`: readings committed by earlier runs. None if not all are committed in time."""
+    threads0 = CpuClock.threads(node.proc.pid)
+    cpu0 = (CpuClock.tree(node.proc.pid), CpuClock.of(node.proc.pid),
+            CpuClock.of(node.broker.pid), time.process_time())
+    start = time.perf_counter()
+    with lat.lock:
+        lat.sent.update(((dev, seq), start) for dev, seq, _ in burst)
+    pub.send(packets, timeout=timeout)
+    pub.wait_acked(timeout)
+    published = time.perf_counter()
+    want = before + len(burst)
+    while lat.total() < want and time.perf_counter() - start < timeout:
+        time.sleep(0.02)
+    committed = lat.total() - before
+    elapsed = lat.last_commit - start
+    cpu1 = (CpuClock.tree(node.proc.pid), CpuClock.of(node.proc.pid),
+            CpuClock.of(node.broker.pid), time.process_time())
+    threads = sorted((t - threads0.get(tid, 0.0)
+                      for tid, t in CpuClock.threads(node.proc.pid).items()), reverse=True)
+    if committed < len(burst):
+        print(f"bench: only {committed} of {len(burst)} readings committed before the timeout",
+              file=sys.stderr)
+        return None
+    node_cpu, node_main, broker_cpu, bench_cpu = (b - a for a, b in zip(cpu0, cpu1,
+                                                                          strict=True))
+    return BurstRun(committed, elapsed, published - start,
+                    [lat.latency[(dev, seq)] for dev, seq, _ in burst],
+                    node_cpu, node_main, broker_cpu, bench_cpu, threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,8 +305,11 @@ def main(argv: list[str] | None = None) -> int:
                                  description="Throughput and latency of one ledger node.")
     ap.add_argument("--devices", type=int, default=50, help="simulated devices (50)")
     ap.add_argument("--readings", type=int, default=60_000,
-                    help="readings in the throughput phase (60000: long enough that the "
+                    help="readings in each throughput run (60000: long enough that the "
                          "first block's wait and the last block's write do not dominate)")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="throughput runs, one after the other on the same node, each "
+                         "against the raw 2-core rate measured just before it (3)")
     ap.add_argument("--steady-rate", type=float, default=5000,
                     help="readings/s in the steady phase (5000; 0: no steady phase)")
     ap.add_argument("--steady-seconds", type=float, default=10,
@@ -241,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300, help="give up after seconds (300)")
     add_batch_argument(ap)
     args = parse_bench_args(ap, argv)
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
     work = Workload.from_args(args)
     per_device, total = work.per_device, work.total
     cores = os.cpu_count() or 1
@@ -250,10 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     raw_one = raw_verify_rate()
     raw_threads = raw_verify_rate_threads(cores)
     raw_procs = raw_verify_rate_processes(cores)
-    raw_all = max(raw_threads, raw_procs)
-    keys, burst, steady = work.presign("bench")
+    raw_all = max(max(raw_threads), max(raw_procs))
+    keys, bursts, steady = work.presign("bench")
 
     extra: list[str] = []
+    runs: list[BurstRun] = []
+    raw_before: list[float] = []  # the 2-core rate measured just before each run
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp_name:
         tmp = Path(tmp_name)
         if args.verify_workers is not None:
@@ -264,86 +346,80 @@ def main(argv: list[str] | None = None) -> int:
             pub = RawPublisher(node.mqtt_port, "bench-publisher")
             time.sleep(0.5)
             topics = {d: up_topic(FLEET, d) for d in keys}
-            packets = [pub.packet(topics[dev], env) for dev, _, env in burst]
             what = "batched readings" if args.batch > 1 else "envelopes"
-            print(f"bench: throughput: publishing {total} {what} (QoS 1, one per message)...",
-                  flush=True)
-            threads0 = CpuClock.threads(node.proc.pid)
-            cpu0 = (CpuClock.tree(node.proc.pid), CpuClock.of(node.broker.pid),
-                    time.process_time(), CpuClock.of(node.proc.pid))
-            start = time.perf_counter()
-            with lat.lock:
-                lat.sent.update(((dev, seq), start) for dev, seq, _ in burst)
-            pub.send(packets, timeout=args.timeout)
-            pub.wait_acked(args.timeout)
-            published = time.perf_counter()
-            while lat.total() < total and time.perf_counter() - start < args.timeout:
-                time.sleep(0.02)
-            committed = lat.total()
-            elapsed = lat.last_commit - start
-            cpu1 = (CpuClock.tree(node.proc.pid), CpuClock.of(node.broker.pid),
-                    time.process_time(), CpuClock.of(node.proc.pid))
-            threads = sorted((t - threads0.get(tid, 0.0)
-                              for tid, t in CpuClock.threads(node.proc.pid).items()),
-                             reverse=True)
-            if committed < total:
-                print(f"bench: only {committed} of {total} readings committed before the "
-                      "timeout", file=sys.stderr)
-                return 1
-            lat_burst = [lat.latency[(dev, seq)] for dev, seq, _ in burst]
+            for i, burst in enumerate(bursts):
+                packets = [pub.packet(topics[dev], env) for dev, _, env in burst]
+                raw_before.append(max(raw_verify_rate_processes(cores, runs=1)))
+                print(f"bench: throughput run {i + 1} of {len(bursts)} (raw {cores}-core rate "
+                      f"just before: {raw_before[-1]:,.0f}/s): publishing {total} {what} "
+                      "(QoS 1, one per message)...", flush=True)
+                run = run_burst(node, pub, lat, packets, burst, i * total, args.timeout)
+                if run is None:
+                    return 1
+                runs.append(run)
+                print(f"bench:   {run.rate:,.0f} readings/s ({run.committed} in "
+                      f"{run.elapsed:.2f} s; ratio {run.rate / raw_before[-1]:.2f}; idle "
+                      f"{run.idle(cores):.0%})", flush=True)
+                time.sleep(1.0)  # the node idle again, as before the first run
 
             lat_steady: list[float] = []
             if steady:
                 rate = args.steady_rate
                 print(f"bench: steady: {len(steady)} readings at {rate:,.0f}/s "
                       f"({len(steady) / rate:.0f} s)...", flush=True)
-                time.sleep(1.0)
                 items = [(dev, seq, pub.packet(topics[dev], env)) for dev, seq, env in steady]
                 s_cpu0 = (CpuClock.tree(node.proc.pid), CpuClock.of(node.broker.pid))
                 took = Steady(pub, lat).run(items, rate)
-                want = total + len(steady)
+                want = total * len(bursts) + len(steady)
                 deadline = time.perf_counter() + args.timeout
                 while lat.total() < want and time.perf_counter() < deadline:
                     time.sleep(0.02)
                 s_cpu1 = (CpuClock.tree(node.proc.pid), CpuClock.of(node.broker.pid))
                 if lat.total() < want:
-                    print(f"bench: only {lat.total() - total} of {len(steady)} steady readings "
-                          "committed before the timeout", file=sys.stderr)
+                    print(f"bench: only {lat.total() - total * len(bursts)} of {len(steady)} "
+                          "steady readings committed before the timeout", file=sys.stderr)
                     return 1
                 lat_steady = [lat.latency[(dev, seq)] for dev, seq, _ in steady]
             pub.close()
             sub.disconnect()
 
-    rate = committed / elapsed
-    node_cpu, broker_cpu, bench_cpu, node_main = (b - a for a, b in zip(cpu0, cpu1,
-                                                                          strict=True))
-    budget = elapsed * cores
+    best = max(runs, key=lambda r: r.rate)
+    median_rate = statistics.median(r.rate for r in runs)
+    ratios = [r.rate / raw for r, raw in zip(runs, raw_before, strict=True)]
+    n_runs = len(runs)
+    budget = best.elapsed * cores
     print()
-    print(f"readings committed:           {committed} in {elapsed:.2f} s "
-          f"(publishing took {published - start:.2f} s)")
+    print(f"readings committed:           {total} per run, {n_runs} run(s); best run "
+          f"{best.elapsed:.2f} s (publishing took {best.published:.2f} s)")
     if args.batch > 1:
         signatures = args.devices * -(-per_device // args.batch)
         print(f"batch signing:                {args.batch} readings per signature "
               f"({signatures} signatures for {total} readings, "
               f"{1000 * signatures / total:.1f} per 1,000)")
-    print(f"committed readings/s:         {rate:,.0f}")
-    print(f"publish->commit (burst):      p50 {percentile(lat_burst, 50) * 1000:.0f} ms, "
-          f"p99 {percentile(lat_burst, 99) * 1000:.0f} ms (everything published at once)")
-    print(f"raw P-256 verifications/s:    {raw_one:,.0f} on one core; on {cores} cores "
-          f"{raw_threads:,.0f} (threads), {raw_procs:,.0f} (processes) (same run, best of "
-          f"{RAW_RUNS})")
-    print(f"ratio committed/raw verify:   {rate / raw_all:.2f} of the {cores}-core rate "
-          f"({raw_all:,.0f}/s); {rate / raw_one:.2f} of the one-core rate")
-    per = 1e6 / committed
-    print(f"CPU during the phase:         node {node_cpu:.2f} s ({per * node_cpu:.0f} us/reading: "
-          f"its process {per * node_main:.0f}, its verify workers "
-          f"{per * (node_cpu - node_main):.0f}), broker {broker_cpu:.2f} s "
-          f"({per * broker_cpu:.0f} us/reading), publisher+receipts {bench_cpu:.2f} s "
-          f"({per * bench_cpu:.0f} us/reading); {budget:.2f} core-s available")
-    print(f"  shares of the {cores} cores:   node {node_cpu / budget:.0%}, "
-          f"broker {broker_cpu / budget:.0%}, publisher {bench_cpu / budget:.0%}, "
-          f"idle {max(0.0, 1 - (node_cpu + broker_cpu + bench_cpu) / budget):.0%}; "
-          f"busiest node threads (CPU s): {', '.join(f'{t:.2f}' for t in threads[:3])}")
+    print(f"committed readings/s:         {best.rate:,.0f} (best of {n_runs}; median "
+          f"{median_rate:,.0f}; runs {', '.join(f'{r.rate:,.0f}' for r in runs)})")
+    print(f"publish->commit (burst):      p50 {percentile(best.latencies, 50) * 1000:.0f} ms, "
+          f"p99 {percentile(best.latencies, 99) * 1000:.0f} ms (best run; everything "
+          "published at once)")
+    print(f"raw P-256 verifications/s:    {max(raw_one):,.0f} on one core; on {cores} cores "
+          f"{max(raw_threads):,.0f} (threads), {max(raw_procs):,.0f} (processes) (same run, "
+          f"best of {RAW_RUNS}); on {cores} processes just before each run "
+          f"{', '.join(f'{r:,.0f}' for r in raw_before)}")
+    print(f"ratio committed/raw verify:   {statistics.median(ratios):.2f} of the {cores}-core "
+          f"rate (median over the runs, each against the rate just before it: "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}); best run against the best rate above "
+          f"{best.rate / raw_all:.2f}; {best.rate / max(raw_one):.2f} of the one-core rate")
+    per = 1e6 / best.committed
+    print(f"CPU in the best run:          node {best.node_cpu:.2f} s "
+          f"({per * best.node_cpu:.0f} us/reading: its process {per * best.node_main:.0f}, its "
+          f"verify workers {per * (best.node_cpu - best.node_main):.0f}), broker "
+          f"{best.broker_cpu:.2f} s ({per * best.broker_cpu:.0f} us/reading), "
+          f"publisher+receipts {best.bench_cpu:.2f} s ({per * best.bench_cpu:.0f} us/reading); "
+          f"{budget:.2f} core-s available")
+    print(f"  shares of the {cores} cores:   node {best.node_cpu / budget:.0%}, "
+          f"broker {best.broker_cpu / budget:.0%}, publisher {best.bench_cpu / budget:.0%}, "
+          f"idle {best.idle(cores):.0%}; busiest node threads (CPU s): "
+          f"{', '.join(f'{t:.2f}' for t in best.threads[:3])}")
     if lat_steady:
         s_node, s_broker = (b - a for a, b in zip(s_cpu0, s_cpu1, strict=True))
         print(f"steady {args.steady_rate:,.0f} readings/s:     p50 "

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_bench_args(ap, argv)
     work = Workload.from_args(args)
     total = work.total
-    keys, first, steady = work.presign("bench-consortium")
+    keys, (first,), steady = work.presign("bench-consortium")
 
     with tempfile.TemporaryDirectory(prefix="tf-bench-solo-") as tmp:
         print(f"bench-consortium: single node (solo ordering): {total} readings at once...",
