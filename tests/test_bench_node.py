@@ -1,0 +1,48 @@
+"""`python -m ledger_node.bench` (make bench), small: it runs end to end against the real
+broker and node and prints the figures the issue asks for, each run against its own raw rate.
+Nothing here judges the figures (shared machines are noisy): only that they are there and
+consistent with each other."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ledger_node.bench", *args],
+                          capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+def test_a_small_bench_prints_every_figure_with_a_ratio_per_run() -> None:
+    done = _bench("--devices", "10", "--readings", "1000", "--runs", "2",
+                  "--steady-rate", "200", "--steady-seconds", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    runs = re.findall(r"bench:\s+([\d,]+) readings/s \(1000 in [\d.]+ s; ratio ([\d.]+)", out)
+    raws = re.findall(r"raw 2-core rate just before: ([\d,]+)/s", out)
+    assert len(runs) == 2 and len(raws) == 2, out
+    for (rate, ratio), raw in zip(runs, raws, strict=True):
+        assert abs(float(ratio) - int(rate.replace(",", "")) / int(raw.replace(",", ""))) < 0.01
+    summary = re.search(r"committed readings/s:\s+([\d,]+) \(best of 2; median ([\d,]+); runs "
+                        r"([\d,]+), ([\d,]+)\)", out)
+    assert summary is not None, out
+    assert summary[1].replace(",", "") == str(max(int(r.replace(",", "")) for r, _ in runs))
+    ratio = re.search(r"ratio committed/raw verify:\s+([\d.]+) of the \d+-core rate \(median "
+                      r"over the runs, each against the rate just before it: ([\d.]+), "
+                      r"([\d.]+)\)", out)
+    assert ratio is not None, out
+    assert [ratio[2], ratio[3]] == [r for _, r in runs]
+    assert re.search(r"steady 200 readings/s:\s+p50 \d+ ms, p99 \d+ ms", out), out
+    assert re.search(r"CPU in the best run:\s+node [\d.]+ s", out), out
+
+
+def test_bench_arguments_are_checked() -> None:
+    done = _bench("--runs", "0")
+    assert done.returncode == 2 and "--runs must be at least 1" in done.stderr
+    done = _bench("--batch", "0")
+    assert done.returncode == 2 and "--batch must be between 1 and" in done.stderr
