@@ -9,8 +9,9 @@ and runs two phases through them:
     covering the reading arrives) and the ratio to this machine's raw P-256 verification
     rate, measured in the same run on one core and on all cores (threads and processes;
     the faster counts). The phase is run 3 times (--runs, one after the other on the same
-    node, each with new readings), each run against the 2-core rate measured just before
-    it (the machine's speed drifts); the median of those ratios is the figure. It also
+    node, each with new readings), each run against the higher of the 2-core rates
+    measured just before and just after it (the machine's speed drifts); the median of
+    those ratios is the figure. It also
     prints the CPU time the node, the broker and the publishing process used in the best
     run, since all three share this machine's cores;
   * steady: readings published at a fixed rate (5,000/s by default, in small slices every
@@ -195,8 +196,8 @@ def _verify_loop(seconds: float) -> tuple[int, float]:
 # Each raw rate is the best of a few short runs: on a shared (virtual) machine a single run
 # can catch a slow moment, and a low yardstick would flatter the ratio. The machine's speed
 # also drifts over a bench (by a fifth on the shared machines this was written on), so each
-# throughput run (--runs) is set against the 2-core rate measured just before it, and the
-# median of those ratios is the figure.
+# throughput run (--runs) is set against the 2-core rate measured just before and just after
+# it, the higher of the two, and the median of those ratios is the figure.
 RAW_RUNS, RAW_SECONDS = 3, 1.0
 
 
@@ -309,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                          "first block's wait and the last block's write do not dominate)")
     ap.add_argument("--runs", type=int, default=3,
                     help="throughput runs, one after the other on the same node, each "
-                         "against the raw 2-core rate measured just before it (3)")
+                         "against the higher raw 2-core rate measured just before and after "
+                         "it (3)")
     ap.add_argument("--steady-rate", type=float, default=5000,
                     help="readings/s in the steady phase (5000; 0: no steady phase)")
     ap.add_argument("--steady-seconds", type=float, default=10,
@@ -335,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
 
     extra: list[str] = []
     runs: list[BurstRun] = []
-    raw_before: list[float] = []  # the 2-core rate measured just before each run
+    raw_around: list[float] = []  # the 2-core rate measured before, between and after runs
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp_name:
         tmp = Path(tmp_name)
         if args.verify_workers is not None:
@@ -349,18 +351,21 @@ def main(argv: list[str] | None = None) -> int:
             what = "batched readings" if args.batch > 1 else "envelopes"
             for i, burst in enumerate(bursts):
                 packets = [pub.packet(topics[dev], env) for dev, _, env in burst]
-                raw_before.append(max(raw_verify_rate_processes(cores, runs=1)))
-                print(f"bench: throughput run {i + 1} of {len(bursts)} (raw {cores}-core rate "
-                      f"just before: {raw_before[-1]:,.0f}/s): publishing {total} {what} "
-                      "(QoS 1, one per message)...", flush=True)
+                if not raw_around:
+                    raw_around.append(max(raw_verify_rate_processes(cores, runs=1)))
+                print(f"bench: throughput run {i + 1} of {len(bursts)}: publishing {total} "
+                      f"{what} (QoS 1, one per message)...", flush=True)
                 run = run_burst(node, pub, lat, packets, burst, i * total, args.timeout)
                 if run is None:
                     return 1
                 runs.append(run)
-                print(f"bench:   {run.rate:,.0f} readings/s ({run.committed} in "
-                      f"{run.elapsed:.2f} s; ratio {run.rate / raw_before[-1]:.2f}; idle "
-                      f"{run.idle(cores):.0%})", flush=True)
                 time.sleep(1.0)  # the node idle again, as before the first run
+                raw_around.append(max(raw_verify_rate_processes(cores, runs=1)))
+                yardstick = max(raw_around[-2:])
+                print(f"bench:   {run.rate:,.0f} readings/s ({run.committed} in "
+                      f"{run.elapsed:.2f} s; raw {cores}-core rate before and after "
+                      f"{raw_around[-2]:,.0f} and {raw_around[-1]:,.0f}/s; ratio "
+                      f"{run.rate / yardstick:.2f}; idle {run.idle(cores):.0%})", flush=True)
 
             lat_steady: list[float] = []
             if steady:
@@ -385,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
 
     best = max(runs, key=lambda r: r.rate)
     median_rate = statistics.median(r.rate for r in runs)
-    ratios = [r.rate / raw for r, raw in zip(runs, raw_before, strict=True)]
+    ratios = [r.rate / max(raw_around[i:i + 2]) for i, r in enumerate(runs)]
     n_runs = len(runs)
     budget = best.elapsed * cores
     print()
@@ -403,12 +408,13 @@ def main(argv: list[str] | None = None) -> int:
           "published at once)")
     print(f"raw P-256 verifications/s:    {max(raw_one):,.0f} on one core; on {cores} cores "
           f"{max(raw_threads):,.0f} (threads), {max(raw_procs):,.0f} (processes) (same run, "
-          f"best of {RAW_RUNS}); on {cores} processes just before each run "
-          f"{', '.join(f'{r:,.0f}' for r in raw_before)}")
+          f"best of {RAW_RUNS}); on {cores} processes before, between and after the runs "
+          f"{', '.join(f'{r:,.0f}' for r in raw_around)}")
     print(f"ratio committed/raw verify:   {statistics.median(ratios):.2f} of the {cores}-core "
-          f"rate (median over the runs, each against the rate just before it: "
-          f"{', '.join(f'{r:.2f}' for r in ratios)}); best run against the best rate above "
-          f"{best.rate / raw_all:.2f}; {best.rate / max(raw_one):.2f} of the one-core rate")
+          f"rate (median over the runs, each against the higher rate measured just before "
+          f"and after it: {', '.join(f'{r:.2f}' for r in ratios)}); best run against the best "
+          f"rate above {best.rate / raw_all:.2f}; {best.rate / max(raw_one):.2f} of the "
+          "one-core rate")
     per = 1e6 / best.committed
     print(f"CPU in the best run:          node {best.node_cpu:.2f} s "
           f"({per * best.node_cpu:.0f} us/reading: its process {per * best.node_main:.0f}, its "
