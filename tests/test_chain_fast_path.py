@@ -7,6 +7,7 @@ arrives, and however it is cut into blocks."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import tempfile
 from dataclasses import fields, replace
 from pathlib import Path
@@ -49,7 +50,7 @@ def _sign_variants(device: Device) -> dict[tuple[int, str], bytes]:
 ENVELOPES = [_sign_variants(d) for d in DEVICES]
 
 arrivals = st.lists(st.tuples(st.integers(0, len(DEVICES) - 1), st.integers(1, SEQS),
-                              st.sampled_from(VARIANTS + ("good", "good"))),
+                              st.sampled_from((*VARIANTS, "good", "good"))),
                     min_size=1, max_size=40)
 
 
@@ -102,7 +103,7 @@ def test_blocks_and_device_states_are_those_of_decide_and_advance(
         arrived: list[tuple[int, int, str]], cuts: list[int]) -> None:
     envelopes = [ENVELOPES[d][(seq, variant)] for d, seq, variant in arrived]
     bounds = sorted({0, len(envelopes), *(c for c in cuts if c < len(envelopes))})
-    blocks = [envelopes[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    blocks = [envelopes[a:b] for a, b in itertools.pairwise(bounds)]
     with tempfile.TemporaryDirectory() as tmp:
         cut = ChainUnderTest(Path(tmp) / "ledger.sqlite", DEVICES, PKI)
         start = {dev: replace(s) for dev, s in cut.chain.devices.items()}
