@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,20 @@ def run_verify(db: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """`trustfleet verify` on the node data folder holding the store `db`."""
     return subprocess.run(cli("verify", "--data", str(db.parent), *extra), capture_output=True,
                           text=True, timeout=60, check=False)
+
+
+def damage(db: Path, tamper: Callable[[sqlite3.Connection], object]) -> None:
+    """Change the store `db` behind the node's back: `tamper` in one committed transaction."""
+    with sqlite3.connect(db) as conn:
+        tamper(conn)
+
+
+def verify_fails_naming(db: Path, named: str) -> subprocess.CompletedProcess[str]:
+    """`trustfleet verify` on `db`, which must fail (exit 1) with "FAILED: {named}"."""
+    out = run_verify(db)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"FAILED: {named}" in out.stdout, out.stdout
+    return out
 
 
 def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -36,6 +36,7 @@ from ledger_node.subtrees import (
     stored_node_count,
 )
 from tests.chainkit import ChainUnderTest, Device
+from tests.fleet import damage
 from tests.test_merkle_reference import ref_path, ref_proof
 
 # Block sizes chosen to cross every power-of-two boundary up to 128 entries, in odd steps.
@@ -222,23 +223,23 @@ def test_a_tampered_subtree_hash_makes_the_node_refuse_to_serve_the_proof(tmp_pa
     conn.close()
 
 
-def test_a_missing_subtree_hash_is_named(tmp_path: Path) -> None:
+def _reader_after(tmp_path: Path, sql: str) -> sqlite3.Connection:
+    """A reader of a 20-entry log after `sql` damaged its store."""
     db = tmp_path / "l.sqlite"
     build(db, [20]).store.close()
-    with sqlite3.connect(db) as conn:
-        conn.execute("DELETE FROM merkle_nodes WHERE level = 4 AND idx = 0")
-    conn = open_reader(db)
+    damage(db, lambda conn: conn.execute(sql))
+    return open_reader(db)
+
+
+def test_a_missing_subtree_hash_is_named(tmp_path: Path) -> None:
+    conn = _reader_after(tmp_path, "DELETE FROM merkle_nodes WHERE level = 4 AND idx = 0")
     with pytest.raises(TamperError, match=r"merkle node \(level 4, index 0\) is not in the store"):
         proofs.inclusion(conn, 20)
     conn.close()
 
 
 def test_an_entry_missing_under_a_small_subtree_is_named(tmp_path: Path) -> None:
-    db = tmp_path / "l.sqlite"
-    build(db, [20]).store.close()
-    with sqlite3.connect(db) as conn:
-        conn.execute("DELETE FROM entries WHERE idx IN (5, 6)")
-    conn = open_reader(db)
+    conn = _reader_after(tmp_path, "DELETE FROM entries WHERE idx IN (5, 6)")
     with pytest.raises(TamperError, match=r"entry 0 against block 1: entry 5 is not in the "
                                           r"store; refusing to serve this proof"):
         proofs.inclusion(conn, 0)  # its sibling at level 2 covers entries 4 to 7

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.chainkit import ChainUnderTest, Device
-from tests.fleet import run_verify
+from tests.fleet import damage, run_verify, verify_fails_naming
 
 
 def build(tmp_path: Path) -> Path:
@@ -69,11 +69,8 @@ def _swap_entries(conn: sqlite3.Connection) -> None:
 def test_verify_fails_and_names_the_tampered_item(
         tmp_path: Path, tamper: Callable[[sqlite3.Connection], None], named: str) -> None:
     db = build(tmp_path)
-    with sqlite3.connect(db) as conn:
-        tamper(conn)
-    out = run_verify(db)
-    assert out.returncode == 1, out.stdout + out.stderr
-    assert f"FAILED: {named}" in out.stdout
+    damage(db, tamper)
+    verify_fails_naming(db, named)
 
 
 def test_verify_with_a_pinned_node_key_rejects_a_chain_signed_by_another_key(
