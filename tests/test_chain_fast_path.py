@@ -19,7 +19,7 @@ from ledger_node.chain import _advance
 from ledger_node.validate import MAX_CLOCK_SKEW_MS, DeviceState, Duplicate, Rejected, decide
 from tests.chainkit import ChainUnderTest, Device
 from tests.pki import SoftPKI
-from trustfleet.cose import sign1
+from trustfleet.cose import sign1, sign1_parts
 from trustfleet.payload import GENESIS_PREV, Reading, decode_payload, encode_payload
 
 T0 = 1_763_700_000_000
@@ -87,7 +87,6 @@ def _expected(cut: ChainUnderTest, blocks: list[list[bytes]], start: dict[str, D
 
 
 def _payload(env: bytes) -> bytes:
-    from trustfleet.cose import sign1_parts
     parts = sign1_parts(env, 64 * 1024)
     assert parts is not None
     return parts[2]
@@ -101,18 +100,17 @@ def _state(s: DeviceState) -> dict[str, object]:
 @given(arrived=arrivals, cuts=st.lists(st.integers(0, 40), max_size=4))
 def test_blocks_and_device_states_are_those_of_decide_and_advance(
         arrived: list[tuple[int, int, str]], cuts: list[int]) -> None:
-    envelopes = [ENVELOPES[d][(seq, variant)] for d, seq, variant in arrived]
-    bounds = sorted({0, len(envelopes), *(c for c in cuts if c < len(envelopes))})
-    blocks = [envelopes[a:b] for a, b in itertools.pairwise(bounds)]
+    messages = [DEVICES[d].message(ENVELOPES[d][(seq, variant)]) for d, seq, variant in arrived]
+    bounds = sorted({0, len(messages), *(c for c in cuts if c < len(messages))})
+    blocks = [messages[a:b] for a, b in itertools.pairwise(bounds)]
     with tempfile.TemporaryDirectory() as tmp:
         cut = ChainUnderTest(Path(tmp) / "ledger.sqlite", DEVICES, PKI)
         start = {dev: replace(s) for dev, s in cut.chain.devices.items()}
-        want_rows, want_states, want_counts = _expected(cut, blocks, start)
+        want_rows, want_states, want_counts = _expected(
+            cut, [[m.payload for m in block] for block in blocks], start)
         got_counts = []
         for block in blocks:
-            topics = {d.dev: d.topic for d in DEVICES}
-            result = cut.apply([DEVICES[0].message(env, topics[decode_payload(_payload(env)).dev])
-                                for env in block])
+            result = cut.apply(block)
             got_counts.append((result.accepted, result.duplicates,
                                sum(result.rejected.values())))
         got_rows = [(dev, seq, flags) for dev, seq, flags in cut.store.conn.execute(
