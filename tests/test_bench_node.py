@@ -7,6 +7,7 @@ consistent with each other."""
 from __future__ import annotations
 
 import re
+import statistics
 import subprocess
 import sys
 
@@ -40,6 +41,15 @@ def test_a_small_bench_prints_every_figure_with_a_ratio_per_run() -> None:
                       r"and after it: ([\d.]+), ([\d.]+)\)", out)
     assert ratio is not None, out
     assert [ratio[2], ratio[3]] == [r[3] for r in runs]
+    assert all(re.fullmatch(r"\d\.\d{3}", r[3]) for r in runs), runs  # 3 decimals at the edge
+    median_ratio = statistics.median(float(r[3]) for r in runs)
+    assert abs(float(ratio[1]) - median_ratio) <= 0.0006
+    target = re.search(r"target \(issue 5\):\s+(met|NOT met): median ([\d,]+) readings/s "
+                       r"\(target 20,000\) and median ratio ([\d.]+) \(target 0.5\)", out)
+    assert target is not None, out
+    assert target[2] == summary[2] and target[3] == ratio[1]
+    met = int(summary[2].replace(",", "")) >= 20_000 and float(ratio[1]) >= 0.5
+    assert target[1] == ("met" if met else "NOT met")
     assert re.search(r"steady 200 readings/s:\s+p50 \d+ ms, p99 \d+ ms", out), out
     assert re.search(r"CPU in the best run:\s+node [\d.]+ s", out), out
 
