@@ -13,6 +13,9 @@ import sys
 
 import pytest
 
+from ledger_node.bench import pack_messages
+from trustfleet.topics import split_message
+
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ledger_node.bench", *args],
@@ -59,3 +62,22 @@ def test_bench_arguments_are_checked() -> None:
     assert done.returncode == 2 and "--runs must be at least 1" in done.stderr
     done = _bench("--batch", "0")
     assert done.returncode == 2 and "--batch must be between 1 and" in done.stderr
+    for bad in ("0", "1001"):
+        done = _bench("--per-message", bad)
+        assert done.returncode == 2 and "--per-message must be between 1 and 1000" in done.stderr
+
+
+def test_packed_messages_carry_every_envelope_of_a_device_in_order() -> None:
+    burst = [(f"dev-{i % 3}", i // 3 + 1, f"envelope {i}".encode()) for i in range(20)]
+    assert pack_messages(burst, 1) == [(dev, env) for dev, _, env in burst]
+    packed = pack_messages(burst, 3)
+    got: dict[str, list[bytes]] = {}
+    for dev, payload in packed:
+        envelopes = split_message(payload)  # what the node does with an `up` message
+        assert 1 <= len(envelopes) <= 3
+        got.setdefault(dev, []).extend(envelopes)
+    want: dict[str, list[bytes]] = {}
+    for dev, _, env in burst:
+        want.setdefault(dev, []).append(env)
+    assert got == want
+    assert len(packed) == sum(-(-len(envs) // 3) for envs in want.values())  # 7 + 7 + 6 -> 3+3+2
