@@ -284,9 +284,13 @@ class BurstRun:
     def rate(self) -> float:
         return self.committed / self.elapsed
 
+    def core_seconds(self, cores: int) -> float:
+        """What `cores` cores could have done in the run."""
+        return self.elapsed * cores
+
     def idle(self, cores: int) -> float:
         used = self.node_cpu + self.broker_cpu + self.bench_cpu
-        return max(0.0, 1 - used / (self.elapsed * cores))
+        return max(0.0, 1 - used / self.core_seconds(cores))
 
 
 def run_burst(node: RunningNode, pub: RawPublisher, lat: Latencies, packets: list[bytes],
@@ -368,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     extra: list[str] = []
     runs: list[BurstRun] = []
     raw_around: list[float] = []  # the 2-core rate measured before, between and after runs
+    ratios: list[float] = []  # each run against the higher of the rates around it
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp_name:
         tmp = Path(tmp_name)
         if args.verify_workers is not None:
@@ -393,11 +398,11 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run)
                 time.sleep(1.0)  # the node idle again, as before the first run
                 raw_around.append(max(raw_verify_rate_processes(cores, runs=1)))
-                yardstick = max(raw_around[-2:])
+                ratios.append(run.rate / max(raw_around[-2:]))
                 print(f"bench:   {run.rate:,.0f} readings/s ({run.committed} in "
                       f"{run.elapsed:.2f} s; raw {cores}-core rate before and after "
                       f"{raw_around[-2]:,.0f} and {raw_around[-1]:,.0f}/s; ratio "
-                      f"{run.rate / yardstick:.3f}; idle {run.idle(cores):.0%})", flush=True)
+                      f"{ratios[-1]:.3f}; idle {run.idle(cores):.0%})", flush=True)
 
             lat_steady: list[float] = []
             if steady:
@@ -422,9 +427,8 @@ def main(argv: list[str] | None = None) -> int:
 
     best = max(runs, key=lambda r: r.rate)
     median_rate = statistics.median(r.rate for r in runs)
-    ratios = [r.rate / max(raw_around[i:i + 2]) for i, r in enumerate(runs)]
     n_runs = len(runs)
-    budget = best.elapsed * cores
+    budget = best.core_seconds(cores)
     print()
     print(f"readings committed:           {total} per run, {n_runs} run(s); best run "
           f"{best.elapsed:.2f} s (publishing took {best.published:.2f} s)")
