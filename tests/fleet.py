@@ -32,7 +32,7 @@ def run_verify(db: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 def damage(db: Path, tamper: Callable[[sqlite3.Connection], object]) -> None:
     """Change the store `db` behind the node's back: `tamper` in one committed transaction."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         tamper(conn)
 
 
